@@ -1,0 +1,547 @@
+"""The scfdata HDF5 format (format_version 1): the only module that imports h5py.
+
+Layout (DESIGN.md)::
+
+    /                attrs format="scfdata", format_version=1, creator, created, provenance (JSON)
+    /configs/<f>     per-config arrays, atom_ptr (n+1), molecule_ptr (n+1), pbc, cell, weight, ...
+    /atoms/<f>       per-atom arrays
+    /molecules/<f>   per-molecule arrays
+    /masks/<f>       per-config presence of target f (False = absent, never a zero target)
+    /rejects/        source (n,2) and reason of every config that did not make it
+
+Final files are contiguous and uncompressed (so a reader can memory-map them) and are written under a
+temporary name, then renamed: a killed run never leaves a file that looks complete. Strings are stored
+as fixed-length UTF-8 bytes so that they are contiguous too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import __version__, fields
+from .columns import Columns, ptr_from_counts, ranges_index
+
+FORMAT = "scfdata"
+FORMAT_VERSION = 1
+READABLE_VERSIONS = (1,)
+LEVEL_GROUP = {"config": "configs", "atom": "atoms", "molecule": "molecules"}
+_POINTERS = ("atom_ptr", "molecule_ptr")
+
+
+class FormatError(ValueError):
+    """A file that is not a readable scfdata file (wrong format, unknown version, truncated)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------
+
+
+def _to_disk(a: np.ndarray) -> np.ndarray:
+    if a.dtype.kind in "UO":
+        enc = np.char.encode(np.asarray(a, dtype=str), "utf-8")
+        return enc.astype(f"S{max(1, enc.dtype.itemsize)}")
+    return a
+
+
+def _from_disk(a: np.ndarray) -> np.ndarray:
+    if a.dtype.kind == "S":
+        return np.char.decode(a, "utf-8")
+    return a
+
+
+def _field_attrs(name: str, derived_by: dict | None) -> dict:
+    f = fields.get(name)
+    attrs = {"unit": f.unit, "level": f.level, "description": f.description}
+    if derived_by and name in derived_by:
+        attrs["derived_by"] = json.dumps(derived_by[name], sort_keys=True)
+    return attrs
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _root_attrs(h5: h5py.File, provenance: dict | None) -> None:
+    h5.attrs["format"] = FORMAT
+    h5.attrs["format_version"] = FORMAT_VERSION
+    h5.attrs["creator"] = f"scfdata {__version__}"
+    h5.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    h5.attrs["provenance"] = json.dumps(provenance or {}, sort_keys=True, default=str)
+
+
+def _write_rejects(h5: h5py.File, rejects: Sequence[tuple[int, int, str]]) -> None:
+    g = h5.create_group("rejects")
+    src = np.array([(r[0], r[1]) for r in rejects], dtype=np.int64).reshape(-1, 2)
+    g.create_dataset("source", data=src)
+    g.create_dataset("reason", data=_to_disk(np.array([r[2] for r in rejects], dtype=str)))
+
+
+def _read_rejects(h5: h5py.File) -> list[tuple[int, int, str]]:
+    if "rejects" not in h5:
+        return []
+    src = h5["rejects/source"][()]
+    reason = _from_disk(h5["rejects/reason"][()])
+    return [(int(s[0]), int(s[1]), str(r)) for s, r in zip(src, reason, strict=True)]
+
+
+# ------------------------------------------------------------------------------------------------
+# writing
+# ------------------------------------------------------------------------------------------------
+
+
+def write_columns(
+    path: str | os.PathLike,
+    cols: Columns,
+    *,
+    provenance: dict | None = None,
+    rejects: Sequence[tuple[int, int, str]] = (),
+    derived_by: dict | None = None,
+) -> Path:
+    """Write one in-memory block as a final (contiguous) scfdata file, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        with h5py.File(tmp, "w") as h5:
+            _root_attrs(h5, provenance)
+            for group in LEVEL_GROUP.values():
+                h5.create_group(group)
+            h5.create_group("masks")
+            h5["configs"].create_dataset("atom_ptr", data=cols.atom_ptr)
+            h5["configs"].create_dataset("molecule_ptr", data=cols.molecule_ptr)
+            for level, group in LEVEL_GROUP.items():
+                for name, arr in cols.level(level).items():
+                    ds = h5[group].create_dataset(name, data=_to_disk(np.asarray(arr)))
+                    ds.attrs.update(_field_attrs(name, derived_by))
+            for name, arr in cols.masks.items():
+                h5["masks"].create_dataset(name, data=np.asarray(arr, dtype=bool))
+            _write_rejects(h5, rejects)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+class StreamWriter:
+    """Append blocks of configs without holding them all in memory; ``close()`` writes the final file.
+
+    Blocks go to a chunked, resizable scratch file; closing copies it field by field into a contiguous
+    file under a temporary name and renames it. Every block must hold the same fields (with the same
+    per-item shapes).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, provenance: dict | None = None,
+                 derived_by: dict | None = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.provenance = provenance or {}
+        self.derived_by = derived_by
+        self.rejects: list[tuple[int, int, str]] = []
+        self._scratch = self.path.with_name(f".{self.path.name}.{os.getpid()}.scratch")
+        self._h5 = h5py.File(self._scratch, "w")
+        self._layout: dict[str, tuple] | None = None
+        self.n_configs = 0
+
+    def _append(self, name: str, arr: np.ndarray) -> None:
+        arr = _to_disk(np.asarray(arr))
+        if name not in self._h5:
+            if arr.dtype.kind == "S":
+                arr = arr.astype("S256") if arr.dtype.itemsize <= 256 else arr
+                dtype = h5py.string_dtype("utf-8")
+                self._h5.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(4096,))
+            else:
+                self._h5.create_dataset(name, shape=(0,) + arr.shape[1:], maxshape=(None,) + arr.shape[1:],
+                                        dtype=arr.dtype, chunks=True)
+        ds = self._h5[name]
+        if ds.shape[1:] != arr.shape[1:]:
+            raise ValueError(f"{name}: per-item shape {arr.shape[1:]} differs from earlier blocks' {ds.shape[1:]}")
+        n0 = ds.shape[0]
+        ds.resize(n0 + len(arr), axis=0)
+        if ds.dtype.kind == "O":
+            ds[n0:] = np.char.decode(arr, "utf-8").astype(object)
+        else:
+            ds[n0:] = arr
+
+    def append(self, cols: Columns) -> None:
+        layout = {
+            "configs": tuple(sorted(cols.configs)),
+            "atoms": tuple(sorted(cols.atoms)),
+            "molecules": tuple(sorted(cols.molecules)),
+            "masks": tuple(sorted(cols.masks)),
+        }
+        if self._layout is None:
+            self._layout = layout
+        elif layout != self._layout:
+            raise ValueError(f"block fields {layout} differ from the first block's {self._layout}")
+        self._append("n_atoms", cols.n_atoms)
+        self._append("n_molecules", cols.n_molecules)
+        for group, d in (("configs", cols.configs), ("atoms", cols.atoms),
+                         ("molecules", cols.molecules), ("masks", cols.masks)):
+            for name, arr in d.items():
+                self._append(f"{group}/{name}", arr)
+        self.n_configs += cols.n_configs
+
+    def add_rejects(self, rows: Iterable[tuple[int, int, str]]) -> None:
+        self.rejects.extend(rows)
+
+    def close(self) -> Path:
+        h5 = self._h5
+        try:
+            tmp = _tmp_name(self.path)
+            with h5py.File(tmp, "w") as out:
+                _root_attrs(out, self.provenance)
+                for group in (*LEVEL_GROUP.values(), "masks"):
+                    out.create_group(group)
+                n_atoms = h5["n_atoms"][()] if "n_atoms" in h5 else np.zeros(0, np.int64)
+                n_mol = h5["n_molecules"][()] if "n_molecules" in h5 else np.zeros(0, np.int64)
+                out["configs"].create_dataset("atom_ptr", data=ptr_from_counts(n_atoms))
+                out["configs"].create_dataset("molecule_ptr", data=ptr_from_counts(n_mol))
+                for group in ("configs", "atoms", "molecules", "masks"):
+                    if group not in h5:
+                        continue
+                    for name, src in h5[group].items():
+                        _copy_contiguous(src, out[group], name)
+                        if group != "masks":
+                            out[group][name].attrs.update(_field_attrs(name, self.derived_by))
+                _write_rejects(out, self.rejects)
+            os.replace(tmp, self.path)
+        finally:
+            h5.close()
+            self._scratch.unlink(missing_ok=True)
+            if "tmp" in locals() and tmp.exists():
+                tmp.unlink()
+        return self.path
+
+    def abort(self) -> None:
+        self._h5.close()
+        self._scratch.unlink(missing_ok=True)
+
+
+def _copy_contiguous(src, dst_group, name: str, block: int = 1 << 20) -> None:
+    if src.dtype.kind == "O":
+        data = np.array(src[()], dtype=object)
+        data = np.array([s.decode() if isinstance(s, bytes) else s for s in data], dtype=str)
+        dst_group.create_dataset(name, data=_to_disk(data))
+        return
+    ds = dst_group.create_dataset(name, shape=src.shape, dtype=src.dtype)
+    step = max(1, block // max(1, int(np.prod(src.shape[1:])) if src.ndim > 1 else 1))
+    for s in range(0, src.shape[0], step):
+        ds[s : s + step] = src[s : s + step]
+
+
+def assemble(
+    out_path: str | os.PathLike,
+    shards: Sequence[Sequence[str | os.PathLike]],
+    rows: Sequence[np.ndarray | None] | None = None,
+    *,
+    provenance: dict | None = None,
+    rejects: Sequence[tuple[int, int, str]] = (),
+) -> Path:
+    """Merge shard files into one contiguous file, selecting ``rows[k]`` configs of shard ``k``.
+
+    Each shard is a list of files describing the same configs (the ingested base and the derived
+    fragments); their fields are unioned. Memory holds one shard's field at a time.
+    """
+    out_path = Path(out_path)
+    rows = list(rows) if rows is not None else [None] * len(shards)
+    opened = [[ScfdataFile(p) for p in files] for files in shards]
+    try:
+        plan = []  # per shard: (rows, atom_idx, mol_idx, {group/name: file})
+        n_atoms_list, n_mol_list = [], []
+        derived_by: dict[str, dict] = {}
+        for k, files in enumerate(opened):
+            base = files[0]
+            r = np.arange(base.n_configs) if rows[k] is None else np.asarray(rows[k], dtype=np.int64)
+            mol_file = next((f for f in files if f.n_molecules > 0), base)
+            for f in files[1:]:
+                if not np.array_equal(f.atom_ptr, base.atom_ptr):
+                    raise FormatError(f"{f.path}: its configs do not match {base.path} (atom_ptr differs)")
+                if f.n_molecules > 0 and not np.array_equal(f.molecule_ptr, mol_file.molecule_ptr):
+                    raise FormatError(f"{f.path}: molecule_ptr differs from {mol_file.path}")
+            source: dict[str, ScfdataFile] = {}
+            for f in files:
+                for key in f.datasets():
+                    source.setdefault(key, f)
+                derived_by.update(f.derived_by())
+            plan.append((r, ranges_index(base.atom_ptr, r), ranges_index(mol_file.molecule_ptr, r), source))
+            n_atoms_list.append(np.diff(base.atom_ptr)[r])
+            n_mol_list.append(np.diff(mol_file.molecule_ptr)[r])
+        keys = list(plan[0][3]) if plan else []
+        for k, p in enumerate(plan):
+            if sorted(p[3]) != sorted(keys):
+                raise FormatError(
+                    f"shard {k} holds fields {sorted(p[3])}, shard 0 holds {sorted(keys)}: "
+                    "every shard must be derived with the same targets"
+                )
+        n_atoms = np.concatenate(n_atoms_list) if n_atoms_list else np.zeros(0, np.int64)
+        n_mol = np.concatenate(n_mol_list) if n_mol_list else np.zeros(0, np.int64)
+        sizes = {"configs": len(n_atoms), "atoms": int(n_atoms.sum()), "molecules": int(n_mol.sum()),
+                 "masks": len(n_atoms)}
+        tmp = _tmp_name(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(tmp, "w") as out:
+            _root_attrs(out, provenance)
+            for group in sizes:
+                out.create_group(group)
+            out["configs"].create_dataset("atom_ptr", data=ptr_from_counts(n_atoms))
+            out["configs"].create_dataset("molecule_ptr", data=ptr_from_counts(n_mol))
+            for key in keys:
+                group, name = key.split("/")
+                parts = []
+                for r, a_idx, m_idx, source in plan:
+                    src = source[key].raw(group, name)
+                    idx = {"configs": r, "masks": r, "atoms": a_idx, "molecules": m_idx}[group]
+                    parts.append(src[idx] if len(src) else src)
+                data = np.concatenate(parts) if parts else np.zeros(0)
+                if len(data) != sizes[group]:
+                    raise FormatError(f"{key}: assembled {len(data)} rows, expected {sizes[group]}")
+                ds = out[group].create_dataset(name, data=_to_disk(data))
+                if group != "masks":
+                    ds.attrs.update(_field_attrs(name, derived_by))
+            _write_rejects(out, rejects)
+        os.replace(tmp, out_path)
+    finally:
+        for files in opened:
+            for f in files:
+                f.close()
+        if "tmp" in locals() and tmp.exists():
+            tmp.unlink()
+    return out_path
+
+
+# ------------------------------------------------------------------------------------------------
+# reading
+# ------------------------------------------------------------------------------------------------
+
+
+class ScfdataFile:
+    """Read an scfdata file. Arrays are memory-mapped when the dataset is contiguous.
+
+    >>> with ScfdataFile("results/water/train.h5") as f:
+    ...     cfg = f.read_config(0); batch = f.read_batch([3, 1, 4])
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FormatError(f"{self.path}: no such file")
+        try:
+            self._h5 = h5py.File(self.path, "r")
+        except OSError as e:
+            raise FormatError(
+                f"{self.path}: not a readable HDF5 file ({e}); it may be truncated or still being "
+                "written: rebuild it (e.g. `snakemake --cores 8 --rerun-incomplete`)"
+            ) from None
+        try:
+            fmt = self._h5.attrs.get("format")
+            version = self._h5.attrs.get("format_version")
+            version = version.item() if hasattr(version, "item") else version
+            fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
+            if fmt != FORMAT:
+                raise FormatError(
+                    f"{self.path}: not an scfdata file (root attribute format={fmt!r}, expected {FORMAT!r})"
+                )
+            if version not in READABLE_VERSIONS:
+                raise FormatError(
+                    f"{self.path}: format_version={version!r}, this scfdata ({__version__}) reads "
+                    f"format_version {', '.join(map(str, READABLE_VERSIONS))}: upgrade scfdata or rebuild the file"
+                )
+            self.atom_ptr = self._h5["configs/atom_ptr"][()]
+            self.molecule_ptr = self._h5["configs/molecule_ptr"][()]
+        except FormatError:
+            self._h5.close()
+            raise
+        except (KeyError, OSError) as e:
+            self._h5.close()
+            raise FormatError(f"{self.path}: damaged scfdata file ({e}); rebuild it") from None
+        self._maps: dict[str, np.ndarray] = {}
+
+    # -- context manager / pickling (a DataLoader worker reopens the file lazily) --
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        self._maps.clear()
+        if getattr(self, "_h5", None) is not None and self._h5.id.valid:
+            self._h5.close()
+
+    # -- sizes --
+    @property
+    def n_configs(self) -> int:
+        return len(self.atom_ptr) - 1
+
+    @property
+    def n_atoms(self) -> int:
+        return int(self.atom_ptr[-1])
+
+    @property
+    def n_molecules(self) -> int:
+        return int(self.molecule_ptr[-1])
+
+    # -- metadata --
+    @property
+    def provenance(self) -> dict:
+        return json.loads(self._h5.attrs.get("provenance", "{}"))
+
+    @property
+    def attrs(self) -> dict:
+        return {k: (v.item() if hasattr(v, "item") else v) for k, v in self._h5.attrs.items()}
+
+    def rejects(self) -> list[tuple[int, int, str]]:
+        return _read_rejects(self._h5)
+
+    def datasets(self) -> list[str]:
+        """Every stored array as ``group/name`` (pointers excluded)."""
+        out = []
+        for group in (*LEVEL_GROUP.values(), "masks"):
+            if group in self._h5:
+                out += [f"{group}/{n}" for n in self._h5[group] if n not in _POINTERS]
+        return out
+
+    def field_names(self) -> list[str]:
+        """Target fields stored in the file (registry fields with data), in registry order."""
+        present = set()
+        for group in LEVEL_GROUP.values():
+            if group in self._h5:
+                present |= set(self._h5[group])
+        return [n for n in fields.FIELDS if n in present]
+
+    def has(self, name: str) -> bool:
+        try:
+            f = fields.get(name)
+        except KeyError:
+            return False
+        return f"{LEVEL_GROUP[f.level]}/{name}" in self._h5
+
+    def field_attrs(self, name: str) -> dict:
+        f = fields.get(name)
+        a = dict(self._h5[f"{LEVEL_GROUP[f.level]}/{name}"].attrs)
+        if "derived_by" in a:
+            a["derived_by"] = json.loads(a["derived_by"])
+        return a
+
+    def derived_by(self) -> dict[str, dict]:
+        out = {}
+        for key in self.datasets():
+            group, name = key.split("/")
+            if group != "masks" and "derived_by" in self._h5[key].attrs:
+                out[name] = json.loads(self._h5[key].attrs["derived_by"])
+        return out
+
+    # -- arrays --
+    def raw(self, group: str, name: str) -> np.ndarray:
+        """The whole array ``/group/name`` (memory-mapped when possible; strings decoded)."""
+        key = f"{group}/{name}"
+        if key in self._maps:
+            return self._maps[key]
+        ds = self._h5[key]
+        arr = None
+        if ds.dtype.kind not in "SO" and ds.size > 0 and ds.chunks is None and ds.compression is None:
+            offset = ds.id.get_offset()
+            if offset is not None:
+                arr = np.memmap(self.path, mode="r", dtype=ds.dtype, offset=offset, shape=ds.shape)
+        if arr is None:
+            arr = _from_disk(ds[()])
+        self._maps[key] = arr
+        return arr
+
+    def read(self, name: str) -> np.ndarray:
+        f = fields.get(name)
+        return self.raw(LEVEL_GROUP[f.level], name)
+
+    def mask(self, name: str) -> np.ndarray:
+        """Per-config presence of a target ((n,) bool, (n,3) for the dipole); all False if absent."""
+        if f"masks/{name}" in self._h5:
+            return self.raw("masks", name)
+        shape = (self.n_configs,) + fields.FIELDS[name].mask_shape if name in fields.FIELDS else (self.n_configs,)
+        return np.zeros(shape, dtype=bool)
+
+    def coverage(self, name: str) -> int:
+        """Number of configs where the target is present (for the dipole: any component)."""
+        if not self.has(name):
+            return 0
+        m = np.asarray(self.mask(name))
+        return int(m.reshape(len(m), -1).any(axis=1).sum()) if m.size else 0
+
+    def n_configs_with_min_molecules(self, k: int) -> int:
+        return int((np.diff(self.molecule_ptr) >= k).sum())
+
+    def read_config(self, i: int) -> dict[str, np.ndarray]:
+        """One config as a dict of arrays (its fields, masks as ``<f>_mask``, n_atoms, n_molecules)."""
+        if not -self.n_configs <= i < self.n_configs:
+            raise IndexError(f"config {i} out of range: {self.path} has {self.n_configs} configs")
+        i = i % self.n_configs
+        a0, a1 = self.atom_ptr[i], self.atom_ptr[i + 1]
+        m0, m1 = self.molecule_ptr[i], self.molecule_ptr[i + 1]
+        out = {"n_atoms": np.int64(a1 - a0), "n_molecules": np.int64(m1 - m0)}
+        for key in self.datasets():
+            group, name = key.split("/")
+            arr = self.raw(group, name)
+            if group == "atoms":
+                out[name] = np.array(arr[a0:a1])
+            elif group == "molecules":
+                out[name] = np.array(arr[m0:m1])
+            elif group == "masks":
+                out[f"{name}_mask"] = np.array(arr[i])
+            else:
+                out[name] = np.array(arr[i])
+        return out
+
+    def read_batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+        """Many configs at once, with one gather per stored array (not one read per config).
+
+        Returns the ``ref`` layout of scfdata.losses: ``ptr``, ``batch`` (atom -> position in the
+        batch), ``molecule`` made global within the batch, ``molecule_ptr``, ``molecule_batch``,
+        every field, ``<f>_mask`` and the weights.
+        """
+        rows = np.asarray(indices, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.n_configs):
+            raise IndexError(f"batch indices out of range 0..{self.n_configs - 1} for {self.path}")
+        n_at = self.atom_ptr[rows + 1] - self.atom_ptr[rows]
+        n_mol = self.molecule_ptr[rows + 1] - self.molecule_ptr[rows]
+        a_idx = ranges_index(self.atom_ptr, rows)
+        m_idx = ranges_index(self.molecule_ptr, rows)
+        out: dict[str, np.ndarray] = {
+            "ptr": ptr_from_counts(n_at),
+            "batch": np.repeat(np.arange(len(rows), dtype=np.int64), n_at),
+            "molecule_ptr": ptr_from_counts(n_mol),
+            "molecule_batch": np.repeat(np.arange(len(rows), dtype=np.int64), n_mol),
+        }
+        for key in self.datasets():
+            group, name = key.split("/")
+            arr = self.raw(group, name)
+            idx = {"configs": rows, "masks": rows, "atoms": a_idx, "molecules": m_idx}[group]
+            out[f"{name}_mask" if group == "masks" else name] = np.asarray(arr)[idx]
+        if "molecule" in out:
+            mol_offset = np.repeat(out["molecule_ptr"][:-1], n_at)
+            out["molecule"] = out["molecule"].astype(np.int64) + mol_offset
+        return out
+
+
+def read_columns(path: str | os.PathLike, rows: np.ndarray | None = None) -> tuple[Columns, dict]:
+    """A whole file (or the configs ``rows``) back as an in-memory block, plus the root provenance."""
+    with ScfdataFile(path) as f:
+        r = np.arange(f.n_configs) if rows is None else np.asarray(rows, dtype=np.int64)
+        a_idx = ranges_index(f.atom_ptr, r)
+        m_idx = ranges_index(f.molecule_ptr, r)
+        cols = Columns(n_atoms=np.diff(f.atom_ptr)[r], n_molecules=np.diff(f.molecule_ptr)[r])
+        for key in f.datasets():
+            group, name = key.split("/")
+            arr = f.raw(group, name)
+            idx = {"configs": r, "masks": r, "atoms": a_idx, "molecules": m_idx}[group]
+            target = {"configs": cols.configs, "atoms": cols.atoms, "molecules": cols.molecules,
+                      "masks": cols.masks}[group]
+            target[name] = np.asarray(arr)[idx]
+        return cols, f.provenance

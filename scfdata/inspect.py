@@ -1,0 +1,145 @@
+"""What is in an scfdata file: counts, elements, boundary classes, fields, provenance, rejects, losses."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+from ase.data import chemical_symbols
+
+from . import fields
+from .h5io import LEVEL_GROUP, ScfdataFile
+
+
+def _entry_mask(f: ScfdataFile, name: str) -> np.ndarray:
+    """Per-entry presence (first axis of the field's level) from the per-config mask."""
+    level = fields.FIELDS[name].level
+    m = np.asarray(f.mask(name))
+    per_config = m.reshape(len(m), -1).any(axis=1) if m.size else np.zeros(f.n_configs, bool)
+    if level == "config":
+        return per_config
+    ptr = f.atom_ptr if level == "atom" else f.molecule_ptr
+    return np.repeat(per_config, np.diff(ptr))
+
+
+def _stats(values: np.ndarray, present: np.ndarray, block: int = 1 << 20) -> dict:
+    """min/mean/max over present entries, read in blocks (memory stays bounded)."""
+    lo, hi, total, count = np.inf, -np.inf, 0.0, 0
+    for s in range(0, len(values), block):
+        v = np.asarray(values[s : s + block], dtype=np.float64)[present[s : s + block]]
+        if v.size:
+            lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
+            total += float(v.sum())
+            count += v.size
+    if count == 0:
+        return {"min": None, "mean": None, "max": None}
+    return {"min": lo, "mean": total / count, "max": hi}
+
+
+def summarize(path) -> dict:
+    """The whole summary as one JSON-ready dict (what `scfdata inspect --json` prints)."""
+    with ScfdataFile(path) as f:
+        numbers = np.asarray(f.raw("atoms", "numbers"))
+        counts = np.bincount(numbers) if numbers.size else np.zeros(0, int)
+        elements = {chemical_symbols[z]: int(c) for z, c in enumerate(counts) if c}
+        pbc = np.asarray(f.raw("configs", "pbc")).reshape(-1, 3)
+        classes = Counter("".join("T" if p else "F" for p in row) for row in pbc)
+        out_fields = {}
+        for name in f.field_names():
+            fd = fields.FIELDS[name]
+            attrs = f.field_attrs(name)
+            arr = f.read(name)
+            entry = {
+                "level": fd.level,
+                "unit": attrs.get("unit", fd.unit),
+                "shape": list(arr.shape[1:]),
+                "coverage": f.coverage(name),
+                "derived": fd.derived,
+            }
+            if fd.dtype != "str":
+                entry.update(_stats(arr, _entry_mask(f, name)))
+            if "derived_by" in attrs:
+                entry["derived_by"] = attrs["derived_by"]
+            out_fields[name] = entry
+        rejects = f.rejects()
+        summary = {
+            "path": str(f.path),
+            "format_version": f.attrs.get("format_version"),
+            "creator": f.attrs.get("creator"),
+            "n_configs": f.n_configs,
+            "n_atoms": f.n_atoms,
+            "n_molecules": f.n_molecules,
+            "elements": elements,
+            "boundary_classes": dict(sorted(classes.items())),
+            "config_types": dict(Counter(np.asarray(f.raw("configs", "config_type")).tolist()).most_common()),
+            "fields": out_fields,
+            "rejects": {"n": len(rejects), "reasons": dict(Counter(r[2].split(":")[0] for r in rejects))},
+            "provenance": f.provenance,
+        }
+    summary["losses"] = _losses(path)
+    return summary
+
+
+def _losses(path) -> dict:
+    try:
+        from .losses import supported_losses
+    except ImportError:
+        return {}
+    return supported_losses(path)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def format_text(s: dict) -> str:
+    """The summary as aligned terminal tables."""
+    parts = [
+        f"{s['path']}  (scfdata format_version {s['format_version']}, {s['creator']})",
+        f"configs {s['n_configs']}   atoms {s['n_atoms']}   molecules {s['n_molecules']}   "
+        f"rejected {s['rejects']['n']}",
+        "elements: " + ", ".join(f"{k} {v}" for k, v in s["elements"].items()),
+        "boundary classes: " + ", ".join(f"{k} {v}" for k, v in s["boundary_classes"].items()),
+        "config types: " + ", ".join(f"{k} {v}" for k, v in list(s["config_types"].items())[:12])
+        + (" ..." if len(s["config_types"]) > 12 else ""),
+        "",
+        "fields:",
+    ]
+    n = s["n_configs"]
+    rows = [
+        [name, e["level"], "x".join(map(str, e["shape"])) or "-", e["unit"] or "-", f"{e['coverage']}/{n}",
+         _fmt(e.get("min")), _fmt(e.get("mean")), _fmt(e.get("max")), "derived" if e["derived"] else "input"]
+        for name, e in s["fields"].items()
+    ]
+    parts.append(_table(rows, ["field", "level", "shape", "unit", "coverage", "min", "mean", "max", "kind"]))
+    if s["rejects"]["n"]:
+        parts += ["", "rejects by reason:"]
+        parts += [f"  {v:6d}  {k}" for k, v in s["rejects"]["reasons"].items()]
+    if s["losses"]:
+        parts += ["", "losses:"]
+        rows = [[name, "yes" if e["supported"] else "no", f"{e['n_configs']}/{n}", e.get("reason", "")]
+                for name, e in s["losses"].items()]
+        parts.append(_table(rows, ["loss", "supported", "configs", "reason"]))
+    prov = s["provenance"]
+    if prov:
+        parts += ["", "provenance:"]
+        for inp in prov.get("inputs", []):
+            parts.append(f"  input {inp.get('path')}  sha256 {str(inp.get('sha256', ''))[:16]}…")
+        for k, v in prov.items():
+            if k != "inputs":
+                parts.append(f"  {k}: {json.dumps(v, sort_keys=True)}")
+    return "\n".join(parts)
+
+
+__all__ = ["summarize", "format_text", "LEVEL_GROUP"]

@@ -1,0 +1,126 @@
+"""The key mapping: canonical field names -> the keys an input file uses (MACE_SCF's `heads:` entry).
+
+Accepted forms (one dataset's ``keys:`` block, or ``keys_from:`` a MACE_SCF training config whose
+first head supplies ``info_keys`` / ``arrays_keys``)::
+
+    info_keys:   {energy: DFT_energy, dipole: DFT_dipole, total_charge: total_charge}
+    arrays_keys: {forces: DFT_forces, atomic_multipoles: DFT_multipoles}
+
+MACE_SCF spells some canonical names differently in its heads; those aliases are folded onto
+scfdata's names (``density_coefficients`` -> ``atomic_multipoles``, ``electrostatic_potentials`` ->
+``esps``, ``molID`` -> ``molecule``). The extra name ``atomic_dipoles`` (Cartesian per-atom dipoles,
+with ``charges``) is accepted and converted to ``atomic_multipoles`` at ingest.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import fields
+
+#: MACE_SCF head names that differ from scfdata's canonical names.
+ALIASES = {
+    "density_coefficients": "atomic_multipoles",
+    "multipoles": "atomic_multipoles",
+    "electrostatic_potentials": "esps",
+    "molID": "molecule",
+    "molecule_ids": "molecule",
+    "virial": "virials",
+    "head": None,  # MACE's head selection key: not a field
+}
+
+#: Names that may be mapped besides the registry's input fields.
+EXTRA_NAMES = {"atomic_dipoles", "molecule", "esps"}
+
+
+def _canonical(name: str, where: str) -> str | None:
+    name = ALIASES.get(name, name)
+    if name is None:
+        return None
+    if name not in fields.FIELDS and name not in EXTRA_NAMES:
+        known = sorted(set(fields.INPUT_FIELDS) | EXTRA_NAMES)
+        hint = difflib.get_close_matches(name, known, n=1)
+        raise ValueError(
+            f"{where}: unknown field {name!r}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + f"; mappable fields are: {', '.join(known)}"
+        )
+    return name
+
+
+@dataclass
+class KeyMapping:
+    """Canonical name -> file key, for values found in ``atoms.info`` and in ``atoms.arrays``."""
+
+    info_keys: dict[str, str] = field(default_factory=dict)
+    arrays_keys: dict[str, str] = field(default_factory=dict)
+    source: str = "keys"
+
+    @classmethod
+    def from_dict(cls, d: dict | None, where: str = "keys") -> KeyMapping:
+        d = d or {}
+        unknown = set(d) - {"info_keys", "arrays_keys"}
+        if unknown:
+            raise ValueError(f"{where}: unknown entries {sorted(unknown)}; expected info_keys and arrays_keys")
+        out = cls(source=where)
+        for section, target in (("info_keys", out.info_keys), ("arrays_keys", out.arrays_keys)):
+            block = d.get(section) or {}
+            if not isinstance(block, dict):
+                raise ValueError(f"{where}.{section}: expected a mapping name -> key, found {type(block).__name__}")
+            for name, key in block.items():
+                canon = _canonical(str(name), f"{where}.{section}")
+                if canon is None:
+                    continue
+                if not isinstance(key, str):
+                    raise ValueError(f"{where}.{section}.{name}: expected a key name (string), found {key!r}")
+                target[canon] = key
+        return out
+
+    @classmethod
+    def from_mace_scf_config(cls, path: str | Path) -> KeyMapping:
+        """The first head's ``info_keys``/``arrays_keys`` of a MACE_SCF training config."""
+        path = Path(path)
+        try:
+            cfg = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise ValueError(f"keys_from: cannot read MACE_SCF config {path}: {e}") from None
+        heads = (cfg or {}).get("heads")
+        if isinstance(heads, dict) and heads:
+            name, head = next(iter(heads.items()))
+        elif isinstance(heads, list) and heads:
+            name, head = 0, heads[0]
+        elif isinstance(cfg, dict) and ("info_keys" in cfg or "arrays_keys" in cfg):
+            name, head = "(top level)", cfg
+        else:
+            raise ValueError(
+                f"keys_from: {path} has no `heads:` block with info_keys/arrays_keys "
+                "(expected a MACE_SCF training config)"
+            )
+        head = head or {}
+        return cls.from_dict(
+            {k: head.get(k) for k in ("info_keys", "arrays_keys") if k in head},
+            where=f"{path}:heads.{name}",
+        )
+
+    def items(self):
+        """(canonical name, file key, preferred section) for every mapped name."""
+        for name, key in self.info_keys.items():
+            yield name, key, "info"
+        for name, key in self.arrays_keys.items():
+            yield name, key, "arrays"
+
+    def as_dict(self) -> dict:
+        return {"info_keys": dict(self.info_keys), "arrays_keys": dict(self.arrays_keys)}
+
+
+def mapping_for_dataset(ds: dict, where: str) -> KeyMapping:
+    """The mapping of one dataset block of the workflow config (``keys`` or ``keys_from``)."""
+    if ds.get("keys_from") and ds.get("keys"):
+        raise ValueError(f"{where}: give either keys or keys_from, not both")
+    if ds.get("keys_from"):
+        return KeyMapping.from_mace_scf_config(ds["keys_from"])
+    return KeyMapping.from_dict(ds.get("keys"), where=f"{where}.keys")

@@ -1,0 +1,121 @@
+"""The HDF5 format: round trips, contiguity (memory map), batch reads, atomic writes, refusals."""
+
+import h5py
+import numpy as np
+import pytest
+
+from scfdata.columns import Columns, concat
+from scfdata.h5io import FormatError, ScfdataFile, StreamWriter, assemble, read_columns, write_columns
+
+
+def block(n_configs, seed=0, offset=0):
+    rng = np.random.default_rng(seed)
+    n_atoms = rng.integers(1, 6, n_configs)
+    n_mol = rng.integers(0, 3, n_configs)
+    N, M = int(n_atoms.sum()), int(n_mol.sum())
+    return Columns(
+        n_atoms=n_atoms,
+        n_molecules=n_mol,
+        configs={
+            "energy": rng.normal(size=n_configs) + offset,
+            "dipole": rng.normal(size=(n_configs, 3)),
+            "pbc": np.zeros((n_configs, 3), bool),
+            "cell": np.zeros((n_configs, 3, 3)),
+            "config_type": np.array([f"t{k % 3}é" for k in range(n_configs)]),
+        },
+        atoms={"numbers": rng.integers(1, 9, N), "positions": rng.normal(size=(N, 3)),
+               "forces": rng.normal(size=(N, 3))},
+        molecules={"molecular_forces": rng.normal(size=(M, 3))},
+        masks={"energy": rng.random(n_configs) > 0.3, "dipole": rng.random((n_configs, 3)) > 0.5,
+               "forces": np.ones(n_configs, bool)},
+    )
+
+
+def test_stream_writer_round_trip_is_contiguous_and_memory_mapped(tmp_path):
+    blocks = [block(13, s, offset=10 * s) for s in range(4)]
+    w = StreamWriter(tmp_path / "a.h5", provenance={"inputs": [{"path": "x"}]})
+    for b in blocks:
+        w.append(b)
+    w.add_rejects([(0, 7, "bad thing")])
+    w.close()
+    ref = concat(blocks)
+    with h5py.File(tmp_path / "a.h5") as h5:
+        for name in ("atoms/forces", "configs/energy", "molecules/molecular_forces"):
+            assert h5[name].chunks is None and h5[name].compression is None
+        assert h5["atoms/forces"].attrs["unit"] == "eV/Å" and h5["atoms/forces"].attrs["level"] == "atom"
+    cols, prov = read_columns(tmp_path / "a.h5")
+    assert prov["inputs"][0]["path"] == "x"
+    np.testing.assert_array_equal(cols.atoms["forces"], ref.atoms["forces"])
+    np.testing.assert_array_equal(cols.configs["config_type"], ref.configs["config_type"])
+    with ScfdataFile(tmp_path / "a.h5") as f:
+        assert isinstance(f.raw("atoms", "forces"), np.memmap)
+        assert f.rejects() == [(0, 7, "bad thing")]
+        assert f.coverage("energy") == int(ref.masks["energy"].sum())
+        assert not list(tmp_path.glob(".*"))  # no scratch or temporary file left
+
+
+def test_read_batch_equals_per_config_reads(tmp_path):
+    b = block(40, 1)
+    b.atoms["molecule"] = np.concatenate([np.arange(n) % max(m, 1) for n, m in zip(b.n_atoms, b.n_molecules)])
+    write_columns(tmp_path / "b.h5", b)
+    idx = [31, 2, 2, 17, 0]
+    with ScfdataFile(tmp_path / "b.h5") as f:
+        batch = f.read_batch(idx)
+        parts = [f.read_config(i) for i in idx]
+    np.testing.assert_array_equal(batch["forces"], np.concatenate([p["forces"] for p in parts]))
+    np.testing.assert_array_equal(batch["energy"], [p["energy"] for p in parts])
+    np.testing.assert_array_equal(batch["dipole_mask"], [p["dipole_mask"] for p in parts])
+    np.testing.assert_array_equal(batch["ptr"], np.r_[0, np.cumsum([p["n_atoms"] for p in parts])])
+    np.testing.assert_array_equal(batch["batch"], np.repeat(np.arange(5), [p["n_atoms"] for p in parts]))
+    mol_off = np.r_[0, np.cumsum([p["n_molecules"] for p in parts])][:-1]
+    np.testing.assert_array_equal(batch["molecule"],
+                                  np.concatenate([p["molecule"] + o for p, o in zip(parts, mol_off)]))
+    np.testing.assert_array_equal(batch["molecular_forces"], np.concatenate([p["molecular_forces"] for p in parts]))
+
+
+def test_assemble_unions_fragments_and_selects_rows(tmp_path):
+    base = [block(9, s) for s in range(3)]
+    shards = []
+    for k, b in enumerate(base):
+        p = tmp_path / f"base{k}.h5"
+        frag = Columns(n_atoms=b.n_atoms, atoms={"esps": np.arange(b.n_atoms.sum(), dtype=float) + 100 * k},
+                       masks={"esps": np.ones(b.n_configs, bool)})
+        write_columns(p, b)
+        write_columns(tmp_path / f"esps{k}.h5", frag, derived_by={"esps": {"max_l": 1}})
+        shards.append([p, tmp_path / f"esps{k}.h5"])
+    rows = [np.array([0, 4]), np.array([], dtype=int), np.array([8, 1])]
+    assemble(tmp_path / "out.h5", shards, rows, provenance={"k": 1}, rejects=[(0, 3, "r")])
+    with ScfdataFile(tmp_path / "out.h5") as f:
+        assert f.n_configs == 4
+        assert f.field_attrs("esps")["derived_by"] == {"max_l": 1}
+        got = f.read_batch(range(4))
+    expect = concat([base[0].select([0, 4]), base[2].select([8, 1])])
+    np.testing.assert_array_equal(got["forces"], expect.atoms["forces"])
+    np.testing.assert_array_equal(got["molecular_forces"], expect.molecules["molecular_forces"])
+    assert got["esps"][: base[0].n_atoms[0]].tolist() == list(range(base[0].n_atoms[0]))
+
+
+def test_reader_refuses_other_versions_and_truncated_files(tmp_path):
+    p = tmp_path / "a.h5"
+    write_columns(p, block(5))
+    with h5py.File(p, "a") as h5:
+        h5.attrs["format_version"] = 7
+    with pytest.raises(FormatError, match="format_version=7.*reads format_version 1"):
+        ScfdataFile(p)
+    with h5py.File(tmp_path / "other.h5", "w") as h5:
+        h5["x"] = 1
+    with pytest.raises(FormatError, match="not an scfdata file"):
+        ScfdataFile(tmp_path / "other.h5")
+    write_columns(p, block(50))
+    data = p.read_bytes()
+    (tmp_path / "cut.h5").write_bytes(data[: len(data) // 2])
+    with pytest.raises(FormatError, match="truncated"):
+        with ScfdataFile(tmp_path / "cut.h5") as f:
+            f.read_batch(range(50))
+
+
+def test_empty_file(tmp_path):
+    w = StreamWriter(tmp_path / "e.h5")
+    w.close()
+    with ScfdataFile(tmp_path / "e.h5") as f:
+        assert f.n_configs == 0 and f.field_names() == []

@@ -1,0 +1,50 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import MACE_SCF_KEYS
+
+from scfdata.cli import main
+from scfdata.h5io import ScfdataFile
+
+
+@pytest.fixture
+def ingested(tmp_path, water_fixture):
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(json.dumps(MACE_SCF_KEYS))  # JSON is YAML
+    out = tmp_path / "w.h5"
+    assert main(["ingest", str(water_fixture), "--keys", str(keys), "-o", str(out)]) == 0
+    return out
+
+
+def test_inspect_json_contract(ingested, capsys):
+    assert main(["inspect", str(ingested), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["n_configs"] == 40
+    with ScfdataFile(ingested) as f:
+        assert s["n_atoms"] == f.n_atoms
+        forces = np.asarray(f.read("forces"))
+    assert s["elements"].keys() == {"H", "O"}
+    assert s["boundary_classes"] == {"FFF": 40}
+    e = s["fields"]["forces"]
+    assert e["level"] == "atom" and e["unit"] == "eV/Å" and e["coverage"] == 40
+    assert e["max"] == pytest.approx(forces.max()) and e["mean"] == pytest.approx(forces.mean())
+    assert s["provenance"]["inputs"][0]["sha256"]
+    assert isinstance(s["losses"], dict)
+
+
+def test_inspect_text_is_aligned_table(ingested, capsys):
+    assert main(["inspect", str(ingested)]) == 0
+    out = capsys.readouterr().out
+    assert "configs 40" in out and "atomic_multipoles" in out and "40/40" in out
+
+
+def test_cli_errors_are_one_line_not_tracebacks(tmp_path):
+    bad = tmp_path / "x.h5"
+    bad.write_bytes(b"not hdf5 at all")
+    r = subprocess.run([sys.executable, "-m", "scfdata.cli", "inspect", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "not a readable HDF5 file" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "scfdata.cli", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "inspect" in r.stdout

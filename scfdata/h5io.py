@@ -268,9 +268,9 @@ def assemble(
                 if f.n_molecules > 0 and not np.array_equal(f.molecule_ptr, mol_file.molecule_ptr):
                     raise FormatError(f"{f.path}: molecule_ptr differs from {mol_file.path}")
             source: dict[str, ScfdataFile] = {}
-            for f in files:
+            for f in files:  # a later file (a derived fragment) wins over an earlier one
                 for key in f.datasets():
-                    source.setdefault(key, f)
+                    source[key] = f
                 derived_by.update(f.derived_by())
             plan.append((r, ranges_index(base.atom_ptr, r), ranges_index(mol_file.molecule_ptr, r), source))
             n_atoms_list.append(np.diff(base.atom_ptr)[r])
@@ -417,6 +417,9 @@ class ScfdataFile:
             if group in self._h5:
                 present |= set(self._h5[group])
         return [n for n in fields.FIELDS if n in present]
+
+    def exists(self, group: str, name: str) -> bool:
+        return f"{group}/{name}" in self._h5
 
     def has(self, name: str) -> bool:
         try:

@@ -40,11 +40,13 @@ def _stats(values: np.ndarray, present: np.ndarray, block: int = 1 << 20) -> dic
 def summarize(path) -> dict:
     """The whole summary as one JSON-ready dict (what `scfdata inspect --json` prints)."""
     with ScfdataFile(path) as f:
-        numbers = np.asarray(f.raw("atoms", "numbers"))
+        # a derived fragment holds only its own fields: bookkeeping arrays may be absent
+        numbers = np.asarray(f.raw("atoms", "numbers")) if f.exists("atoms", "numbers") else np.zeros(0, int)
         counts = np.bincount(numbers) if numbers.size else np.zeros(0, int)
         elements = {chemical_symbols[z]: int(c) for z, c in enumerate(counts) if c}
-        pbc = np.asarray(f.raw("configs", "pbc")).reshape(-1, 3)
+        pbc = np.asarray(f.raw("configs", "pbc")).reshape(-1, 3) if f.exists("configs", "pbc") else []
         classes = Counter("".join("T" if p else "F" for p in row) for row in pbc)
+        types = f.raw("configs", "config_type") if f.exists("configs", "config_type") else np.zeros(0, str)
         out_fields = {}
         for name in f.field_names():
             fd = fields.FIELDS[name]
@@ -72,7 +74,7 @@ def summarize(path) -> dict:
             "n_molecules": f.n_molecules,
             "elements": elements,
             "boundary_classes": dict(sorted(classes.items())),
-            "config_types": dict(Counter(np.asarray(f.raw("configs", "config_type")).tolist()).most_common()),
+            "config_types": dict(Counter(np.asarray(types).tolist()).most_common()),
             "fields": out_fields,
             "rejects": {"n": len(rejects), "reasons": dict(Counter(r[2].split(":")[0] for r in rejects))},
             "provenance": f.provenance,

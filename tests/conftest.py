@@ -13,5 +13,10 @@ MACE_SCF_KEYS = {
 
 
 @pytest.fixture
+def mace_scf_keys() -> dict:
+    return MACE_SCF_KEYS
+
+
+@pytest.fixture
 def water_fixture() -> Path:
     return DATA / "mace_scf_water_clusters_40.xyz"

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
-from conftest import MACE_SCF_KEYS
 
 from scfdata.h5io import ScfdataFile, StreamWriter
 from scfdata.ingest import IngestError, check_keys_found, ingest
@@ -49,9 +48,9 @@ def with_calc(a, energy=-1.0, forces=None, stress=None):
     return a
 
 
-def test_real_mace_scf_file_multipole_order_reproduces_dft_dipole(tmp_path, water_fixture):
+def test_real_mace_scf_file_multipole_order_reproduces_dft_dipole(tmp_path, water_fixture, mace_scf_keys):
     """Sum Q_i r_i + sum d_i with dipole columns [d_y, d_z, d_x] reproduces AIMS_dipole to the digit."""
-    res, out = run(tmp_path, water_fixture, MACE_SCF_KEYS, on_error="raise")
+    res, out = run(tmp_path, water_fixture, mace_scf_keys, on_error="raise")
     assert res.n_read == res.n_written == 40 and not res.rejects
     with ScfdataFile(out) as f:
         b = f.read_batch(np.arange(f.n_configs))
@@ -177,12 +176,12 @@ def test_low_density_check_can_be_switched_off(tmp_path):
     assert res.n_written == 1
 
 
-def test_truncated_input_names_the_frame(tmp_path, water_fixture):
+def test_truncated_input_names_the_frame(tmp_path, water_fixture, mace_scf_keys):
     text = water_fixture.read_text()
     cut = tmp_path / "cut.xyz"
     cut.write_text(text[: int(len(text) * 0.3)])
     with pytest.raises(IngestError, match=r"parsing stopped at frame \d+"):
-        run(tmp_path, cut, MACE_SCF_KEYS)
+        run(tmp_path, cut, mace_scf_keys)
 
 
 def test_missing_input_file(tmp_path):

@@ -4,16 +4,15 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import MACE_SCF_KEYS
 
 from scfdata.cli import main
 from scfdata.h5io import ScfdataFile
 
 
 @pytest.fixture
-def ingested(tmp_path, water_fixture):
+def ingested(tmp_path, water_fixture, mace_scf_keys):
     keys = tmp_path / "keys.yaml"
-    keys.write_text(json.dumps(MACE_SCF_KEYS))  # JSON is YAML
+    keys.write_text(json.dumps(mace_scf_keys))  # JSON is YAML
     out = tmp_path / "w.h5"
     assert main(["ingest", str(water_fixture), "--keys", str(keys), "-o", str(out)]) == 0
     return out

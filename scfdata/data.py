@@ -1,0 +1,110 @@
+"""Training batches from scfdata files: a torch Dataset whose batches are a few gathers, not B reads.
+
+``ref`` layout (what scfdata.losses reads): ``ptr`` (B+1), ``batch`` (atom -> config), ``weight``,
+every field at its level, ``molecule`` made global within the batch with ``molecule_ptr`` and
+``molecule_batch``, ``<field>_mask`` and ``<field>_weight``.
+
+>>> ds = H5Dataset("results/water", split="train")
+>>> ref = ds.batch([0, 5, 9])                        # one dict for three configs
+>>> loader = DataLoader(ds, sampler=BatchSampler(RandomSampler(ds), 32, False), batch_size=None,
+...                     num_workers=2)               # ds[list] -> one batched read per step
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import fields
+from .h5io import ScfdataFile
+
+_POINTERS = {"ptr", "batch", "molecule_ptr", "molecule_batch"}
+
+
+def _level(key: str) -> str:
+    if key.endswith("_mask") or key.endswith("_weight"):
+        return "config"
+    return fields.get(key).level
+
+
+def to_tensors(arrays: dict[str, np.ndarray], dtype: torch.dtype = torch.float64,
+               device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """numpy arrays -> tensors (floats in ``dtype``; strings dropped)."""
+    out = {}
+    for k, v in arrays.items():
+        v = np.asarray(v)
+        if v.dtype.kind in "USO":
+            continue
+        t = torch.from_numpy(np.ascontiguousarray(v))
+        out[k] = t.to(dtype=dtype, device=device) if t.is_floating_point() else t.to(device=device)
+    return out
+
+
+class H5Dataset(torch.utils.data.Dataset):
+    """An scfdata file as a torch Dataset. ``path`` is a file, or a results directory with ``split``.
+
+    The file is opened lazily in each process, so the dataset works in a DataLoader with workers.
+    """
+
+    def __init__(self, path: str | os.PathLike, split: str | None = None, dtype: torch.dtype = torch.float64):
+        path = Path(path)
+        if path.is_dir():
+            path = path / f"{split or 'train'}.h5"
+        elif split is not None:
+            raise ValueError(f"split={split!r} needs a results directory, got the file {path}")
+        self.path, self.dtype = path, dtype
+        with ScfdataFile(path) as f:
+            self._n = f.n_configs
+        self._file: ScfdataFile | None = None
+
+    @property
+    def file(self) -> ScfdataFile:
+        if self._file is None:
+            self._file = ScfdataFile(self.path)
+        return self._file
+
+    def __getstate__(self):
+        return {**self.__dict__, "_file": None}
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, index):
+        if isinstance(index, (list, tuple, np.ndarray, torch.Tensor)):
+            return self.batch(index)
+        return self.batch([int(index)])
+
+    def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """One ``ref`` dict for many configs (one gather per stored array)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return to_tensors(self.file.read_batch(idx), self.dtype)
+
+
+def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Concatenate ``ds[i]`` dicts into one batch (offsets for ``ptr``, ``batch`` and ``molecule``)."""
+    if not items:
+        raise ValueError("collate needs at least one item")
+    n_cfg = torch.tensor([len(it["ptr"]) - 1 for it in items])
+    n_at = torch.stack([it["ptr"][-1] for it in items])
+    n_mol = torch.stack([it["molecule_ptr"][-1] for it in items])
+    out: dict[str, torch.Tensor] = {}
+    for key in items[0]:
+        if key in _POINTERS:
+            continue
+        out[key] = torch.cat([it[key] for it in items])
+    at_counts = torch.cat([torch.diff(it["ptr"]) for it in items])
+    mol_counts = torch.cat([torch.diff(it["molecule_ptr"]) for it in items])
+    zero = torch.zeros(1, dtype=torch.long)
+    out["ptr"] = torch.cat([zero, torch.cumsum(at_counts, 0)])
+    out["molecule_ptr"] = torch.cat([zero, torch.cumsum(mol_counts, 0)])
+    b = torch.arange(int(n_cfg.sum()))
+    out["batch"] = torch.repeat_interleave(b, at_counts)
+    out["molecule_batch"] = torch.repeat_interleave(b, mol_counts)
+    if "molecule" in out:
+        item_mol_offset = torch.cumsum(torch.cat([zero, n_mol[:-1]]), 0)
+        out["molecule"] = out["molecule"] + torch.repeat_interleave(item_mol_offset, n_at)
+    return out

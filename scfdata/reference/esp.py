@@ -1,0 +1,200 @@
+"""The public entry point for ESPs and fields at atoms: :func:`compute_esps`.
+
+Configs are concatenated (``ptr``); each config's boundary is taken from its ``pbc`` row when
+``boundary="auto"`` (FFF -> realspace, TTT -> pbc, TTF -> slab) and the configs of one boundary class are
+dispatched together: all open-boundary configs in ONE batched direct sum
+(:mod:`~scfdata.reference.esp_realspace`), periodic ones to :mod:`~scfdata.reference.ewald`, slabs to
+:mod:`~scfdata.reference.slab`. ``molecule_in_box`` evaluates the molecule as isolated (exact limit of the
+periodic evaluation minus its spurious image terms), i.e. with the realspace engine.
+
+Gauges (zero of potential): realspace -> 0 at infinity; pbc -> the cell average of the potential of the
+charges plus a uniform neutralising background is 0 (tin-foil, k=0 term dropped); slab -> see
+:mod:`~scfdata.reference.slab` (mean of the two far-vacuum levels is 0 for a neutral slab).
+
+Inputs may be numpy arrays or torch tensors (converted at the boundary; outputs then are tensors of the
+input's dtype and device). The computation itself runs in numpy on the CPU.
+Not supported: per-atom widths, l > 2, mixed pbc such as TFF or FTT (ValueError), slabs whose periodic
+cell vectors are not the first two.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from scfdata.reference.esp_realspace import realspace_potential_field
+from scfdata.reference.multipoles import multipoles_to_cartesian
+
+BOUNDARIES = ("auto", "realspace", "pbc", "slab", "molecule_in_box")
+SOURCES = ("multipoles", "charges")
+
+
+def _to_numpy(x, dtype=float):
+    if x is None:
+        return None
+    if hasattr(x, "detach") and hasattr(x, "cpu"):
+        return x.detach().cpu().numpy().astype(dtype)
+    return np.asarray(x, dtype=dtype)
+
+
+def boundary_classes(pbc, boundary: str = "auto") -> np.ndarray:
+    """Per-config boundary name (array of str) from pbc (n, 3) and the requested boundary."""
+    if boundary not in BOUNDARIES:
+        raise ValueError(
+            f"Unknown boundary {boundary!r}. Must be one of 'auto', 'realspace', 'pbc', 'slab', or "
+            "'molecule_in_box'."
+        )
+    pbc = np.asarray(pbc, dtype=bool).reshape(-1, 3)
+    if boundary != "auto":
+        return np.full(pbc.shape[0], boundary, dtype=object)
+    out = np.empty(pbc.shape[0], dtype=object)
+    fff = ~pbc.any(axis=1)
+    ttt = pbc.all(axis=1)
+    ttf = pbc[:, 0] & pbc[:, 1] & ~pbc[:, 2]
+    out[fff], out[ttt], out[ttf] = "realspace", "pbc", "slab"
+    bad = ~(fff | ttt | ttf)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"config {i} has pbc={pbc[i].tolist()}: boundary='auto' handles only FFF (realspace), TTT (pbc) "
+            "and TTF (slab, z open); set `boundary` explicitly or fix the pbc flags"
+        )
+    return out
+
+
+def _atoms_of(ptr: np.ndarray, configs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Atom indices of the given configs (concatenated) and their sub-pointer."""
+    counts = np.diff(ptr)[configs]
+    sub_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    idx = np.repeat(ptr[:-1][configs] - sub_ptr[:-1], counts) + np.arange(sub_ptr[-1])
+    return idx, sub_ptr
+
+
+def compute_esps(
+    positions,
+    multipoles,
+    ptr,
+    cells,
+    pbc,
+    *,
+    max_l: int = 1,
+    source: str = "multipoles",
+    smearing_width: float = 0.0,
+    self_interaction: str = "exclude",
+    boundary: str = "auto",
+    tolerance: float = 1e-6,
+    with_fields: bool = False,
+):
+    """Electrostatic potential (V) and optionally the field (V/Å) at every atom of every config.
+
+    Parameters
+    ----------
+    positions : (n_atoms, 3) Å.
+    multipoles : (n_atoms, K) MACE_SCF order ``[Q, d_y, d_z, d_x, q_2,-2..2]``, K in (1, 4, 9); columns
+        beyond ``(max_l+1)²`` are ignored.
+    ptr : (n_configs + 1,) int atom pointer.
+    cells : (n_configs, 3, 3) Å, rows are cell vectors (ignored for realspace configs).
+    pbc : (n_configs, 3) bool.
+    max_l : 0, 1 or 2; source : "multipoles" or "charges" (column 0 only).
+    smearing_width : σ (Å) of the Gaussian-type multipoles; 0 = point multipoles.
+    self_interaction : "exclude" (default) or "include" (σ > 0 only: adds the atom's own smeared
+        density at its centre, k_e q √(2/π)/σ, as MACE_SCF does).
+    boundary : "auto" | "realspace" | "pbc" | "slab" | "molecule_in_box".
+    tolerance : target absolute error in V for the periodic sums (parameters chosen from it).
+    with_fields : also return E = −∇V at the atoms.
+
+    Returns
+    -------
+    esps (n_atoms,), fields (n_atoms, 3) or None.
+    """
+    torch_like = positions if hasattr(positions, "detach") else None
+    pos = _to_numpy(positions)
+    mp = _to_numpy(multipoles)
+    ptr_np = _to_numpy(ptr, dtype=np.int64).reshape(-1)
+    pbc_np = _to_numpy(pbc, dtype=bool).reshape(-1, 3)
+    n_cfg = ptr_np.shape[0] - 1
+    cells_np = np.zeros((n_cfg, 3, 3)) if cells is None else _to_numpy(cells).reshape(-1, 3, 3)
+    if pos.ndim != 2 or pos.shape[1] != 3:
+        raise ValueError(f"`positions` must have shape [n_atoms, 3], got shape {list(pos.shape)}")
+    n = pos.shape[0]
+    if mp.ndim == 1:
+        mp = mp[:, None]
+    if mp.shape[0] != n:
+        raise ValueError(f"`multipoles` must have {n} rows (one per atom), got shape {list(mp.shape)}")
+    if ptr_np[0] != 0 or ptr_np[-1] != n or np.any(np.diff(ptr_np) < 0):
+        raise ValueError(f"`ptr` must rise from 0 to n_atoms={n}, got first {ptr_np[0]} and last {ptr_np[-1]}")
+    if pbc_np.shape[0] != n_cfg or cells_np.shape[0] != n_cfg:
+        raise ValueError(
+            f"`cells` (n_configs, 3, 3) and `pbc` (n_configs, 3) must have n_configs={n_cfg} rows, got "
+            f"{cells_np.shape[0]} and {pbc_np.shape[0]}"
+        )
+    if source not in SOURCES:
+        raise ValueError(f"Unknown source {source!r}. Must be one of 'multipoles' or 'charges'.")
+    if source == "charges":
+        max_l = 0
+    if max_l not in (0, 1, 2):
+        raise ValueError(f"max_l must be 0, 1 or 2, got {max_l!r}")
+    if self_interaction not in ("exclude", "include"):
+        raise ValueError(f"Unknown self_interaction {self_interaction!r}. Must be 'exclude' or 'include'.")
+    if self_interaction == "include" and not smearing_width > 0:
+        raise ValueError(
+            "self_interaction='include' is only defined for smeared multipoles (smearing_width > 0); "
+            f"got smearing_width={smearing_width}. Use self_interaction='exclude' for point multipoles."
+        )
+    if not tolerance > 0:
+        raise ValueError(f"tolerance must be > 0 (volts), got {tolerance}")
+    q, p, t = multipoles_to_cartesian(mp[:, : (max_l + 1) ** 2] if mp.shape[1] > 1 else mp, max_l)
+
+    classes = boundary_classes(pbc_np, boundary)
+    esps = np.zeros(n)
+    fields = np.zeros((n, 3)) if with_fields else None
+    opts = dict(smearing_width=float(smearing_width), self_interaction=self_interaction, with_fields=with_fields)
+
+    open_cfg = np.flatnonzero((classes == "realspace") | (classes == "molecule_in_box"))
+    if open_cfg.size:
+        idx, sub_ptr = _atoms_of(ptr_np, open_cfg)
+        v, e = realspace_potential_field(
+            pos[idx], q[idx], None if p is None else p[idx], None if t is None else t[idx], sub_ptr, **opts
+        )
+        esps[idx] = v
+        if with_fields:
+            fields[idx] = e
+
+    per_cfg = np.flatnonzero((classes == "pbc") | (classes == "slab"))
+    if per_cfg.size:
+        from scfdata.reference.ewald import ewald_potential_field
+        from scfdata.reference.slab import slab_potential_field
+
+        for c in per_cfg:
+            a, b = int(ptr_np[c]), int(ptr_np[c + 1])
+            if a == b:
+                continue
+            fn = ewald_potential_field if classes[c] == "pbc" else slab_potential_field
+            total = float(q[a:b].sum())
+            if abs(total) > 1e-8:
+                warnings.warn(
+                    f"config {int(c)} ({classes[c]}) carries a net charge {total:.6g} e: a uniform "
+                    "neutralising background is added (the potential's gauge is documented in "
+                    f"scfdata.reference.{'ewald' if classes[c] == 'pbc' else 'slab'})",
+                    stacklevel=2,
+                )
+            v, e = fn(
+                pos[a:b],
+                q[a:b],
+                None if p is None else p[a:b],
+                None if t is None else t[a:b],
+                cells_np[c],
+                tolerance=tolerance,
+                **opts,
+            )
+            esps[a:b] = v
+            if with_fields:
+                fields[a:b] = e
+
+    if torch_like is not None:
+        import torch
+
+        kw = dict(dtype=torch_like.dtype, device=torch_like.device)
+        return torch.as_tensor(esps, **kw), (None if fields is None else torch.as_tensor(fields, **kw))
+    return esps, fields

@@ -1,0 +1,85 @@
+"""The public entry point: dispatch by boundary, options, validation, torch input."""
+
+import math
+
+import numpy as np
+import pytest
+
+from scfdata.constants import K_E
+from scfdata.reference.esp import compute_esps
+from scfdata.reference.esp_realspace import realspace_potential_field
+from scfdata.reference.multipoles import multipoles_to_cartesian
+
+RNG = np.random.default_rng(11)
+
+
+def _molecules(sizes):
+    ptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    n = ptr[-1]
+    pos = RNG.uniform(-2, 2, size=(n, 3))
+    mp = RNG.normal(size=(n, 9)) * 0.3
+    cells = np.zeros((len(sizes), 3, 3))
+    pbc = np.zeros((len(sizes), 3), bool)
+    return pos, mp, ptr, cells, pbc
+
+
+@pytest.mark.parametrize("max_l", [0, 1, 2])
+def test_realspace_uses_max_l_columns(max_l):
+    pos, mp, ptr, cells, pbc = _molecules([3, 5, 2])
+    v, e = compute_esps(pos, mp, ptr, cells, pbc, max_l=max_l, with_fields=True)
+    q, p, t = multipoles_to_cartesian(mp, max_l)
+    want, we = realspace_potential_field(pos, q, p, t, ptr, with_fields=True)
+    np.testing.assert_allclose(v, want, rtol=1e-13)
+    np.testing.assert_allclose(e, we, rtol=1e-13)
+
+
+def test_source_charges_ignores_higher_columns():
+    pos, mp, ptr, cells, pbc = _molecules([4, 4])
+    a, f = compute_esps(pos, mp, ptr, cells, pbc, source="charges")
+    b, _ = compute_esps(pos, mp[:, :1], ptr, cells, pbc, max_l=0)
+    np.testing.assert_array_equal(a, b)
+    assert f is None
+
+
+def test_self_include_only_for_smeared():
+    pos, mp, ptr, cells, pbc = _molecules([3])
+    with pytest.raises(ValueError, match="smearing_width > 0"):
+        compute_esps(pos, mp, ptr, cells, pbc, self_interaction="include")
+    a, _ = compute_esps(pos, mp, ptr, cells, pbc, smearing_width=1.5)
+    b, _ = compute_esps(pos, mp, ptr, cells, pbc, smearing_width=1.5, self_interaction="include")
+    np.testing.assert_allclose(b - a, K_E * mp[:, 0] * math.sqrt(2 / math.pi) / 1.5, rtol=1e-12)
+
+
+def test_bad_pbc_names_config():
+    pos, mp, ptr, cells, pbc = _molecules([2, 2])
+    pbc[1] = [True, False, False]
+    with pytest.raises(ValueError, match=r"config 1 has pbc=\[True, False, False\]"):
+        compute_esps(pos, mp, ptr, cells, pbc)
+
+
+def test_validation_messages():
+    pos, mp, ptr, cells, pbc = _molecules([2])
+    with pytest.raises(ValueError, match="shape \\[n_atoms, 3\\]"):
+        compute_esps(pos[:, :2], mp, ptr, cells, pbc)
+    with pytest.raises(ValueError, match="max_l=2 needs 9"):
+        compute_esps(pos, mp[:, :4], ptr, cells, pbc, max_l=2)
+    with pytest.raises(ValueError, match="Must be one of"):
+        compute_esps(pos, mp, ptr, cells, pbc, boundary="open")
+
+
+def test_molecule_in_box_equals_realspace():
+    pos, mp, ptr, cells, pbc = _molecules([3, 4])
+    cells[:] = np.eye(3) * 10
+    pbc[:] = True
+    a, _ = compute_esps(pos, mp, ptr, cells, pbc, boundary="molecule_in_box")
+    b, _ = compute_esps(pos, mp, ptr, cells, pbc, boundary="realspace")
+    np.testing.assert_array_equal(a, b)
+
+
+def test_torch_input_gives_torch_output():
+    torch = pytest.importorskip("torch")
+    pos, mp, ptr, cells, pbc = _molecules([3, 2])
+    v, e = compute_esps(torch.tensor(pos), torch.tensor(mp), torch.tensor(ptr), torch.tensor(cells),
+                        torch.tensor(pbc), with_fields=True)
+    assert isinstance(v, torch.Tensor) and v.dtype == torch.float64
+    np.testing.assert_allclose(v.numpy(), compute_esps(pos, mp, ptr, cells, pbc)[0])

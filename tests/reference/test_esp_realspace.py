@@ -1,0 +1,159 @@
+"""Open-boundary direct sum: against a plain loop, analytic Gaussian potentials, finite charge arrays."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy.special import erf
+
+from scfdata.constants import K_E
+from scfdata.reference.esp_realspace import g_erf, g_erfc, realspace_potential_field
+
+RNG = np.random.default_rng(7)
+
+
+def _random_system(n, with_quads=True):
+    pos = RNG.uniform(-3, 3, size=(n, 3))
+    q = RNG.normal(size=n)
+    p = RNG.normal(size=(n, 3)) * 0.3
+    t = RNG.normal(size=(n, 3, 3)) * 0.2
+    t = t + t.transpose(0, 2, 1)
+    t -= np.trace(t, axis1=1, axis2=2)[:, None, None] / 3 * np.eye(3)
+    return pos, q, p, (t if with_quads else None)
+
+
+def _plain_point_sum(pos, q, p, t):
+    """V_i = k Σ_j≠i [q/r + p·r/r^3 + r·Θ·r/r^5], r = r_i − r_j, written as a plain loop."""
+    n = len(q)
+    v = np.zeros(n)
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                continue
+            r = pos[i] - pos[j]
+            d = np.linalg.norm(r)
+            v[i] += q[j] / d + p[j] @ r / d**3 + r @ t[j] @ r / d**5
+    return K_E * v
+
+
+def test_against_plain_sum_batched_and_chunked():
+    systems = [_random_system(n) for n in (1, 2, 5, 9)]
+    pos = np.concatenate([s[0] for s in systems])
+    q = np.concatenate([s[1] for s in systems])
+    p = np.concatenate([s[2] for s in systems])
+    t = np.concatenate([s[3] for s in systems])
+    ptr = np.array([0, 1, 3, 8, 17])
+    want = np.concatenate([_plain_point_sum(*s) for s in systems])
+    for max_pairs in (7, 10_000):
+        got, _ = realspace_potential_field(pos, q, p, t, ptr, max_pairs=max_pairs)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-10)
+    assert got[0] == 0.0  # a lone atom feels nothing
+
+
+@pytest.mark.parametrize("sigma", [0.3, 1.5])
+def test_gaussian_charge_potential(sigma):
+    r = np.array([0.01, 0.2, 0.9, 1.7, 4.0, 12.0])
+    pos = np.zeros((2 * len(r), 3))
+    pos[1::2, 0] = r
+    q = np.tile([0.0, 1.0], len(r))
+    q[0::2] = 0.0
+    ptr = np.arange(0, 2 * len(r) + 1, 2)
+    v, _ = realspace_potential_field(pos, q, None, None, ptr, smearing_width=sigma)
+    np.testing.assert_allclose(v[0::2], K_E * erf(r / (math.sqrt(2) * sigma)) / r, rtol=1e-12)
+
+
+def test_erf_kernel_series_and_recursion_agree():
+    a = 0.7
+    r = np.array([0.5 / a * (1 - 1e-9), 0.5 / a * (1 + 1e-9)])
+    g = g_erf(r, a, 3)
+    for n in range(4):
+        assert abs(g[n][0] - g[n][1]) <= 1e-6 * abs(g[n][0])
+    # derivative structure: g1 = (1/r) dg0/dr by finite differences, both branches
+    for rr in (0.3, 2.0):
+        h = 1e-5
+        d = (g_erf(np.array([rr + h]), a, 0)[0] - g_erf(np.array([rr - h]), a, 0)[0]) / (2 * h) / rr
+        assert abs(d[0] - g_erf(np.array([rr]), a, 1)[1][0]) < 1e-8
+        d = (g_erfc(np.array([rr + h]), a, 2)[1] - g_erfc(np.array([rr - h]), a, 2)[1]) / (2 * h) / rr
+        want = g_erfc(np.array([rr]), a, 2)[2][0]
+        assert abs(d[0] - want) < 1e-7 * abs(want)
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.8])
+def test_dipole_and_quadrupole_are_limits_of_charge_arrays(sigma):
+    """A dipole = ±q at ±d/2 and a linear quadrupole = (q, −2q, q), for d -> 0 (point and Gaussian)."""
+    probe = np.array([[1.1, -0.7, 1.9]])
+    axis = np.array([0.3, 0.5, -0.81])
+    axis /= np.linalg.norm(axis)
+    d = 1e-3
+    # dipole p = q d axis
+    pos = np.concatenate([probe, [d / 2 * axis], [-d / 2 * axis]])
+    v_charges, _ = realspace_potential_field(pos, np.array([0.0, 1 / d, -1 / d]), smearing_width=sigma)
+    v_dip, _ = realspace_potential_field(
+        np.concatenate([probe, [[0, 0, 0]]]), np.zeros(2), np.array([[0, 0, 0], axis]), smearing_width=sigma
+    )
+    assert abs(v_charges[0] - v_dip[0]) < 1e-5 * abs(v_dip[0])
+    # traceless quadrupole: +Q at ±d a, −Q at ±d b (a ⟂ b): Θ = 3 Q d² (aa − bb)
+    b = np.cross(axis, [1.0, 0, 0])
+    b /= np.linalg.norm(b)
+    big_q = 1 / d**2
+    pos = np.concatenate([probe, [d * axis], [-d * axis], [d * b], [-d * b]])
+    v_charges, _ = realspace_potential_field(
+        pos, np.array([0, big_q, big_q, -big_q, -big_q]), smearing_width=sigma
+    )
+    theta = 3 * (np.outer(axis, axis) - np.outer(b, b))[None]
+    v_quad, _ = realspace_potential_field(
+        np.concatenate([probe, [[0, 0, 0]]]), np.zeros(2), None, np.concatenate([np.zeros((1, 3, 3)), theta]),
+        smearing_width=sigma,
+    )
+    assert abs(v_charges[0] - v_quad[0]) < 1e-5 * abs(v_quad[0])
+
+
+@pytest.mark.parametrize("sigma", [0.0, 1.0])
+def test_fields_are_minus_gradient(sigma):
+    pos, q, p, t = _random_system(6)
+    v0, e0 = realspace_potential_field(pos, q, p, t, smearing_width=sigma, with_fields=True)
+    h = 1e-5
+    for i in (0, 3):
+        for c in range(3):
+            pp, pm = pos.copy(), pos.copy()
+            pp[i, c] += h
+            pm[i, c] -= h
+            vp = realspace_potential_field(pp, q, p, t, smearing_width=sigma)[0][i]
+            vm = realspace_potential_field(pm, q, p, t, smearing_width=sigma)[0][i]
+            assert abs(-(vp - vm) / (2 * h) - e0[i, c]) < 1e-6 * max(1.0, abs(e0[i, c]))
+
+
+def test_self_interaction_include():
+    pos, q, p, t = _random_system(4)
+    sigma = 1.5
+    a, ea = realspace_potential_field(pos, q, p, t, smearing_width=sigma, with_fields=True)
+    b, eb = realspace_potential_field(pos, q, p, t, smearing_width=sigma, self_interaction="include",
+                                      with_fields=True)
+    np.testing.assert_allclose(b - a, K_E * q * math.sqrt(2 / math.pi) / sigma, rtol=1e-12)
+    # own smeared dipole's field at its centre: -p k (4 beta^3 / (3 sqrt(pi)))
+    beta = 1 / (math.sqrt(2) * sigma)
+    np.testing.assert_allclose(eb - ea, -K_E * p * 4 * beta**3 / (3 * math.sqrt(math.pi)), rtol=1e-12)
+    with pytest.raises(ValueError, match="smearing_width"):
+        realspace_potential_field(pos, q, p, t, self_interaction="include")
+
+
+def test_translation_rotation_permutation_invariance():
+    from scfdata.reference.multipoles import cartesian_to_multipoles, multipoles_to_cartesian, rotate_multipoles
+
+    pos, q, p, t = _random_system(7)
+    v, e = realspace_potential_field(pos, q, p, t, smearing_width=0.5, with_fields=True)
+    rot = np.linalg.qr(RNG.normal(size=(3, 3)))[0]
+    mp = rotate_multipoles(cartesian_to_multipoles(q, p, t), rot)
+    q2, p2, t2 = multipoles_to_cartesian(mp)
+    v2, e2 = realspace_potential_field(pos @ rot.T + [5, -2, 1], q2, p2, t2, smearing_width=0.5,
+                                       with_fields=True)
+    np.testing.assert_allclose(v2, v, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(e2, e @ rot.T, rtol=1e-9, atol=1e-9)
+    perm = RNG.permutation(7)
+    v3, _ = realspace_potential_field(pos[perm], q[perm], p[perm], t[perm], smearing_width=0.5)
+    np.testing.assert_allclose(v3, v[perm], rtol=1e-12, atol=1e-12)
+
+
+def test_coincident_atoms_raise():
+    with pytest.raises(ValueError, match="same position"):
+        realspace_potential_field(np.zeros((2, 3)), np.ones(2))

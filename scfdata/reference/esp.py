@@ -172,11 +172,10 @@ def compute_esps(
                 continue
             fn = ewald_potential_field if classes[c] == "pbc" else slab_potential_field
             total = float(q[a:b].sum())
-            if abs(total) > 1e-8:
+            if classes[c] == "pbc" and abs(total) > 1e-8:
                 warnings.warn(
-                    f"config {int(c)} ({classes[c]}) carries a net charge {total:.6g} e: a uniform "
-                    "neutralising background is added (the potential's gauge is documented in "
-                    f"scfdata.reference.{'ewald' if classes[c] == 'pbc' else 'slab'})",
+                    f"config {int(c)} (pbc) carries a net charge {total:.6g} e: a uniform neutralising "
+                    "background is added (gauge: zero cell-average potential, see scfdata.reference.ewald)",
                     stacklevel=2,
                 )
             v, e = fn(

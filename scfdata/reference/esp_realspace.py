@@ -34,6 +34,8 @@ from scipy.special import erfc
 from scfdata.constants import K_E
 
 SQRT_PI = math.sqrt(math.pi)
+#: Configs with at most this many atoms are evaluated as dense (G, n, n) blocks grouped by size.
+_DENSE_MAX_ATOMS = 64
 
 # ----------------------------------------------------------------------------- radial kernels
 
@@ -168,6 +170,43 @@ def _intra_config_pair_chunks(ptr: np.ndarray, max_pairs: int):
         lo = hi
 
 
+def _dense_group(pos, q, p, t, beta, nmax, with_fields):
+    """All-pairs kernel for G configs of equal size n: pos (G, n, 3) -> V (G, n), E (G, n, 3) or None."""
+    rvec = pos[:, :, None, :] - pos[:, None, :, :]
+    r = np.sqrt(np.einsum("gijc,gijc->gij", rvec, rvec))
+    n = pos.shape[1]
+    r[:, np.arange(n), np.arange(n)] = np.inf  # self pair: every kernel term vanishes
+    if np.any(r == 0.0):
+        raise ValueError("two atoms of one config sit at the same position; the ESP is undefined")
+    g = g_coulomb(r, nmax) if beta is None else g_erf(r, beta, nmax)
+    qs = q[:, None, :]
+    v = np.einsum("gij,gj->gi", g[0], q)
+    e = -np.einsum("gij,gijc->gic", qs * g[1], rvec) if with_fields else None
+    if p is not None:
+        pr = np.einsum("gijc,gjc->gij", rvec, p)
+        v -= np.einsum("gij,gij->gi", pr, g[1])
+        if with_fields:
+            e += np.einsum("gij,gjc->gic", g[1], p) + np.einsum("gij,gijc->gic", pr * g[2], rvec)
+    if t is not None:
+        tr = np.einsum("gjab,gijb->gija", t, rvec)
+        rtr = np.einsum("gija,gija->gij", rvec, tr)
+        v += np.einsum("gij,gij->gi", rtr, g[2]) / 3.0
+        if with_fields:
+            e -= (2.0 / 3.0) * np.einsum("gij,gija->gia", g[2], tr) + np.einsum("gij,gija->gia", rtr * g[3] / 3.0,
+                                                                                rvec)
+    return v, e
+
+
+def _pairs_of_selected(starts, sizes, max_pairs):
+    """Pair chunks of the selected (large) configs only, in global atom indices."""
+    if sizes.size == 0:
+        return
+    sub_ptr = np.concatenate([[0], np.cumsum(sizes)])
+    offset = np.repeat(starts - sub_ptr[:-1], sizes)
+    for recv, src in _intra_config_pair_chunks(sub_ptr, max_pairs):
+        yield offset[recv] + recv, offset[src] + src
+
+
 def realspace_potential_field(
     positions,
     charges,
@@ -210,7 +249,26 @@ def realspace_potential_field(
     esps = np.zeros(n)
     fields = np.zeros((n, 3)) if with_fields else None
     beta = 1.0 / (math.sqrt(2.0) * sigma) if sigma > 0 else None
-    for recv, src in _intra_config_pair_chunks(ptr, max_pairs):
+    counts = np.diff(ptr)
+    small = (counts > 1) & (counts <= _DENSE_MAX_ATOMS)
+    for size in np.unique(counts[small]):
+        cfgs = np.flatnonzero(counts == size)
+        per_chunk = max(1, max_pairs // int(size * size))
+        for c0 in range(0, cfgs.size, per_chunk):
+            sel = cfgs[c0 : c0 + per_chunk]
+            idx = (ptr[:-1][sel][:, None] + np.arange(size)[None, :]).reshape(-1)
+            shp = (sel.size, int(size))
+            v, e = _dense_group(
+                pos[idx].reshape(*shp, 3), q[idx].reshape(shp),
+                None if dipoles is None else dipoles[idx].reshape(*shp, 3),
+                None if quadrupoles is None else quadrupoles[idx].reshape(*shp, 3, 3),
+                beta, nmax, with_fields,
+            )
+            esps[idx] += v.reshape(-1)
+            if with_fields:
+                fields[idx] += e.reshape(-1, 3)
+    large = counts > _DENSE_MAX_ATOMS
+    for recv, src in _pairs_of_selected(ptr[:-1][large], counts[large], max_pairs):
         rvec = pos[recv] - pos[src]
         r = np.sqrt(np.einsum("pa,pa->p", rvec, rvec))
         if np.any(r == 0.0):

@@ -83,3 +83,40 @@ def test_torch_input_gives_torch_output():
                         torch.tensor(pbc), with_fields=True)
     assert isinstance(v, torch.Tensor) and v.dtype == torch.float64
     np.testing.assert_allclose(v.numpy(), compute_esps(pos, mp, ptr, cells, pbc)[0])
+
+
+def test_mixed_batch_dispatch_matches_engines():
+    from scfdata.reference.ewald import ewald_potential_field
+    from scfdata.reference.slab import slab_potential_field
+
+    sizes = [3, 4, 2, 5, 3]
+    pos, mp, ptr, cells, pbc = _molecules(sizes)
+    mp = mp[:, :4]
+    for c in range(5):
+        mp[ptr[c]:ptr[c + 1], 0] -= mp[ptr[c]:ptr[c + 1], 0].mean()
+    cells[1] = np.eye(3) * 6.0
+    pbc[1] = True
+    cells[3] = [[6.0, 0, 0], [0.5, 5.5, 0], [0, 0, 20.0]]
+    pbc[3] = [True, True, False]
+    v, e = compute_esps(pos, mp, ptr, cells, pbc, with_fields=True, smearing_width=0.5)
+    q, p, _ = multipoles_to_cartesian(mp)
+    open_idx = np.r_[0:3, 7:9, 14:17]
+    vr, _ = realspace_potential_field(pos[open_idx], q[open_idx], p[open_idx], None, np.array([0, 3, 5, 8]),
+                                      smearing_width=0.5)
+    np.testing.assert_allclose(v[open_idx], vr, rtol=1e-13)
+    vp, ep = ewald_potential_field(pos[3:7], q[3:7], p[3:7], None, cells[1], smearing_width=0.5, with_fields=True)
+    np.testing.assert_allclose(v[3:7], vp, rtol=1e-13)
+    np.testing.assert_allclose(e[3:7], ep, rtol=1e-13)
+    vs, _ = slab_potential_field(pos[9:14], q[9:14], p[9:14], None, cells[3], smearing_width=0.5)
+    np.testing.assert_allclose(v[9:14], vs, rtol=1e-13)
+
+
+def test_madelung_through_public_api_and_charged_warning():
+    a = 5.64
+    fcc = np.array([[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
+    pos = np.concatenate([fcc, fcc + [0.5, 0, 0]]) * a
+    mp = np.repeat([1.0, -1.0], 4)[:, None]
+    v, _ = compute_esps(pos, mp, np.array([0, 8]), (np.eye(3) * a)[None], np.ones((1, 3), bool), max_l=0)
+    np.testing.assert_allclose(-v * mp[:, 0] * (a / 2) / K_E, 1.747564594633, rtol=1e-6)
+    with pytest.warns(UserWarning, match="neutralising background"):
+        compute_esps(pos[:1], mp[:1], np.array([0, 1]), (np.eye(3) * a)[None], np.ones((1, 3), bool), max_l=0)

@@ -36,7 +36,12 @@ def _plain_point_sum(pos, q, p, t):
     return K_E * v
 
 
-def test_against_plain_sum_batched_and_chunked():
+@pytest.mark.parametrize("dense_max", [64, 4, 0])
+def test_against_plain_sum_batched_and_chunked(dense_max, monkeypatch):
+    """Both paths: size-grouped dense blocks (small configs) and the flat chunked pair list (large ones)."""
+    import scfdata.reference.esp_realspace as mod
+
+    monkeypatch.setattr(mod, "_DENSE_MAX_ATOMS", dense_max)
     systems = [_random_system(n) for n in (1, 2, 5, 9)]
     pos = np.concatenate([s[0] for s in systems])
     q = np.concatenate([s[1] for s in systems])

@@ -15,12 +15,15 @@ with ``charges``) is accepted and converted to ``atomic_multipoles`` at ingest.
 from __future__ import annotations
 
 import difflib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from . import fields
+
+log = logging.getLogger("scfdata.keys")
 
 #: MACE_SCF head names that differ from scfdata's canonical names.
 ALIASES = {
@@ -37,11 +40,14 @@ ALIASES = {
 EXTRA_NAMES = {"atomic_dipoles", "molecule", "esps"}
 
 
-def _canonical(name: str, where: str) -> str | None:
+def _canonical(name: str, where: str, strict: bool = True) -> str | None:
     name = ALIASES.get(name, name)
     if name is None:
         return None
     if name not in fields.FIELDS and name not in EXTRA_NAMES:
+        if not strict:  # a MACE_SCF head may map properties scfdata does not store (enegs, hardness, ...)
+            log.warning("%s: %r is not a field scfdata stores; ignored", where, name)
+            return None
         known = sorted(set(fields.INPUT_FIELDS) | EXTRA_NAMES)
         hint = difflib.get_close_matches(name, known, n=1)
         raise ValueError(
@@ -61,7 +67,8 @@ class KeyMapping:
     source: str = "keys"
 
     @classmethod
-    def from_dict(cls, d: dict | None, where: str = "keys") -> KeyMapping:
+    def from_dict(cls, d: dict | None, where: str = "keys", strict: bool = True) -> KeyMapping:
+        """``strict``: an unknown name is an error with a did-you-mean (else: ignored with a warning)."""
         d = d or {}
         unknown = set(d) - {"info_keys", "arrays_keys"}
         if unknown:
@@ -72,7 +79,7 @@ class KeyMapping:
             if not isinstance(block, dict):
                 raise ValueError(f"{where}.{section}: expected a mapping name -> key, found {type(block).__name__}")
             for name, key in block.items():
-                canon = _canonical(str(name), f"{where}.{section}")
+                canon = _canonical(str(name), f"{where}.{section}", strict)
                 if canon is None:
                     continue
                 if not isinstance(key, str):
@@ -95,6 +102,8 @@ class KeyMapping:
             name, head = 0, heads[0]
         elif isinstance(cfg, dict) and ("info_keys" in cfg or "arrays_keys" in cfg):
             name, head = "(top level)", cfg
+        elif isinstance(cfg, dict) and any(str(k).endswith("_key") for k in cfg):
+            return cls._from_key_options(cfg, where=str(path))
         else:
             raise ValueError(
                 f"keys_from: {path} has no `heads:` block with info_keys/arrays_keys "
@@ -104,7 +113,22 @@ class KeyMapping:
         return cls.from_dict(
             {k: head.get(k) for k in ("info_keys", "arrays_keys") if k in head},
             where=f"{path}:heads.{name}",
+            strict=False,
         )
+
+    @classmethod
+    def _from_key_options(cls, cfg: dict, where: str) -> KeyMapping:
+        """MACE's ``<name>_key: file_key`` options (e.g. ``energy_key``, ``atomic_multipoles_key``)."""
+        out = cls(source=where)
+        for opt, key in cfg.items():
+            if not str(opt).endswith("_key") or not isinstance(key, str):
+                continue
+            canon = _canonical(str(opt)[: -len("_key")], f"{where}:{opt}", strict=False)
+            if canon is None:
+                continue
+            level = fields.FIELDS[canon].level if canon in fields.FIELDS else "atom"
+            (out.arrays_keys if level == "atom" else out.info_keys)[canon] = key
+        return out
 
     def items(self):
         """(canonical name, file key, preferred section) for every mapped name."""

@@ -1,6 +1,7 @@
 """Derive wiring: fragments hold the target for present configs, masked (not zeroed) elsewhere."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,14 +10,13 @@ from scfdata.cli import main
 from scfdata.constants import K_E
 from scfdata.h5io import ScfdataFile
 
+REPO = Path(__file__).resolve().parent.parent
 KEYS = {"info_keys": {"energy": "energy", "dipole": "REF_dipole", "total_charge": "total_charge"},
         "arrays_keys": {"forces": "forces", "charges": "REF_charges"}}
 
 
 @pytest.fixture(scope="module")
 def example_base(tmp_path_factory):
-    from conftest import REPO
-
     d = tmp_path_factory.mktemp("derive")
     (d / "keys.yaml").write_text(json.dumps(KEYS))
     out = d / "base.h5"
@@ -62,8 +62,6 @@ def test_dipoles_match_dft_dipole_and_mask_by_boundary(example_base):
 
 
 def test_esps_without_charges_is_a_clear_error(tmp_path, capsys):
-    from conftest import REPO
-
     keys = tmp_path / "k.yaml"
     keys.write_text(json.dumps({"info_keys": {"energy": "energy"}}))
     base = tmp_path / "b.h5"

@@ -1,0 +1,134 @@
+"""`scfdata export FILE.h5 --format mace|extxyz -o OUT`: what MACE and MACE_SCF train on, unchanged.
+
+``--format mace``: ``OUT`` is a directory in the layout of MACE's ``preprocess_data``:
+``OUT/<split>/<split>_<k>.h5`` (split from the input name: train, valid -> val, test), one file per
+shard, plus ``OUT/statistics.json`` (plain JSON numbers) and ``OUT/statistics_mace.json`` (the same
+values in the string encoding MACE's ``--statistics_file`` parses) when the split is ``train``.
+``--format extxyz``: ``OUT`` is one extxyz file; ``--keys-out`` writes the matching MACE_SCF
+``heads:`` config (also readable by ``scfdata ingest --keys``).
+
+Sharding (for the workflow): ``--n-shards N --shard K`` exports only the K-th of N contiguous row
+ranges (mace: to ``<split>_<K>.h5``; extxyz: to ``OUT``); without ``--shard`` every shard is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .. import export as ex
+from ..h5io import ScfdataFile, read_columns
+from ..h5io_mace import write_mace_file
+
+log = logging.getLogger("scfdata.export")
+
+#: input file stem -> (directory, file prefix) as MACE's preprocess_data names them
+MACE_SPLITS = {"train": "train", "valid": "val", "val": "val", "test": "test"}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("export", help="write MACE's HDF5 layout or extxyz with the derived fields")
+    p.add_argument("input", help="an scfdata .h5 file (one split)")
+    p.add_argument("--format", required=True, choices=["mace", "extxyz"])
+    p.add_argument("-o", "--output", required=True, help="mace: output directory; extxyz: output file")
+    p.add_argument("--names", default=None,
+                   help="renames FIELD=KEY,... (extxyz keys; mace property names). Default: REF_<name> "
+                        "in extxyz, MACE_SCF's names (electrostatic_potentials, molID, ...) in mace")
+    p.add_argument("--chunk-size", type=int, default=4096, help="configs read into memory at a time")
+    p.add_argument("--n-shards", type=int, default=1, help="split the configs into N contiguous shards")
+    p.add_argument("--shard", type=int, default=None, help="export only this shard (0..N-1)")
+    p.add_argument("--split", default=None, help="split name (default: the input file's stem)")
+    p.add_argument("--head", default="Default", help="MACE head name written with every config")
+    p.add_argument("--r-max", type=float, default=5.0, help="cutoff for avg_num_neighbors in statistics")
+    p.add_argument("--no-statistics", action="store_true", help="do not write statistics.json")
+    p.add_argument("--keys-out", default=None, help="extxyz: write the MACE_SCF heads config here")
+    p.set_defaults(func=run)
+
+
+def shard_rows(n_configs: int, n_shards: int, shard: int | None) -> list[tuple[int, np.ndarray]]:
+    if n_shards < 1:
+        raise ValueError(f"--n-shards must be >= 1, got {n_shards}")
+    parts = np.array_split(np.arange(n_configs, dtype=np.int64), n_shards)
+    if shard is None:
+        return list(enumerate(parts))
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"--shard must be in 0..{n_shards - 1}, got {shard}")
+    return [(shard, parts[shard])]
+
+
+def _chunks(path, rows: np.ndarray, size: int):
+    if size < 1:
+        raise ValueError(f"--chunk-size must be >= 1, got {size}")
+    for s in range(0, len(rows), size):
+        cols, _ = read_columns(path, rows[s : s + size])
+        yield cols
+
+
+def _atomic_write_text(path: Path, parts) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w") as fh:
+            for text in parts:
+                fh.write(text)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def statistics(path) -> dict:
+    """statistics.json content (plain numbers) for a whole scfdata file."""
+    with ScfdataFile(path) as f:
+        e = np.asarray(f.read("energy")) if f.has("energy") else np.zeros(f.n_configs)
+        stats = ex.energy_statistics(e, np.asarray(f.read("numbers")), f.atom_ptr, f.mask("energy"))
+        stats["n_configs"] = f.n_configs
+    return stats
+
+
+def run(args) -> int:
+    t0 = time.perf_counter()
+    src = Path(args.input)
+    renames = ex.parse_names(args.names)
+    with ScfdataFile(src) as f:
+        n = f.n_configs
+    plan = shard_rows(n, args.n_shards, args.shard)
+    if args.format == "extxyz":
+        if args.n_shards > 1 and args.shard is None:
+            raise ValueError("extxyz writes one file: give --shard K with --n-shards N (or no sharding)")
+        rows = plan[0][1]
+        probe, _ = read_columns(src, rows[:1]) if len(rows) else read_columns(src, np.arange(min(n, 1)))
+        keys = ex.extxyz_keys(ex.exported_fields(probe), renames)
+        _atomic_write_text(Path(args.output),
+                           (ex.extxyz_text(c, keys) for c in _chunks(src, rows, args.chunk_size)))
+        if args.keys_out:
+            Path(args.keys_out).write_text(yaml.safe_dump(ex.heads_config(keys, args.head), sort_keys=False))
+        done = len(rows)
+    else:
+        split = args.split or src.stem
+        prefix = MACE_SPLITS.get(split, split)
+        out = Path(args.output)
+        done = 0
+        for k, rows in plan:
+            blocks = (ex.mace_block(c, head=args.head, renames=renames) for c in _chunks(src, rows, args.chunk_size))
+            write_mace_file(out / prefix / f"{prefix}_{k}.h5", blocks)
+            done += len(rows)
+        if split == "train" and not args.no_statistics and (args.shard in (None, 0)):
+            stats = statistics(src)
+            with ScfdataFile(src) as f:
+                stats["avg_num_neighbors"] = ex.avg_num_neighbors(
+                    np.asarray(f.read("positions")), np.asarray(f.read("cell")), np.asarray(f.read("pbc")),
+                    f.atom_ptr, args.r_max)
+            stats["r_max"] = args.r_max
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "statistics.json").write_text(json.dumps(stats, indent=1))
+            if stats["mean"] is not None:
+                (out / "statistics_mace.json").write_text(json.dumps(ex.mace_statistics_strings(stats), indent=1))
+    dt = time.perf_counter() - t0
+    log.info("%s -> %s (%s): %d configs in %.2f s (%.0f configs/s)", src, args.output, args.format, done, dt,
+             done / dt if dt else 0.0)
+    return 0

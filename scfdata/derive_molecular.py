@@ -32,7 +32,8 @@ def derive_molecules(cols: Columns, settings: dict) -> Derived:
             raise ValueError("reference.molecules.source: key needs a per-atom molecule key: map it in the "
                              "dataset's keys, e.g. arrays_keys: {molecule: molID}")
         a = molecules_from_key(cols.atoms["molecule"], cols.atom_ptr, cols.atoms["positions"],
-                               cols.configs["cell"], cols.configs["pbc"])
+                               cols.configs["cell"], cols.configs["pbc"], numbers=cols.atoms["numbers"],
+                               covalent_scale=s["covalent_scale"], pair_overrides=s["pair_overrides"])
     elif s["source"] == "connectivity":
         a = assign_molecules_batch(cols.atoms["numbers"], cols.atoms["positions"], cols.atom_ptr,
                                    cols.configs["cell"], cols.configs["pbc"],
@@ -57,15 +58,16 @@ def derive_molecules(cols: Columns, settings: dict) -> Derived:
     return Derived(frag, {"molecule": by, "molecule_centre": by, "molecule_formula": by}, dict(notes))
 
 
-def _molecular_mask(cols: Columns) -> tuple[np.ndarray, Counter]:
-    notes = Counter()
+def _molecular_mask(cols: Columns, target: str) -> tuple[np.ndarray, Counter]:
+    """Configs that carry the target: forces present, and the reference rules (>= 2 molecules, no
+    extended network, open boundary for the cluster virial); per-reason counts of the others."""
+    from .reference.molecular import molecular_masks
+
     has_forces = cols.masks.get("forces", np.zeros(cols.n_configs, bool))
-    valid = cols.masks["molecule"]
-    several = cols.n_molecules >= 2
+    mask, reasons = molecular_masks(cols.n_molecules, ~cols.masks["molecule"], cols.configs["pbc"], target=target)
+    notes = Counter(r for r, f in zip(reasons, has_forces) if r and f)
     notes["no forces"] = int((~has_forces).sum())
-    notes["extended network (no molecules)"] = int((has_forces & ~valid).sum())
-    notes["single molecule (no intermolecular force)"] = int((has_forces & valid & ~several).sum())
-    return has_forces & valid & several, notes
+    return mask & has_forces, notes
 
 
 @register("molecular_forces")
@@ -74,7 +76,7 @@ def derive_molecular_forces(cols: Columns, settings: dict) -> Derived:
 
     if "molecule" not in cols.atoms:
         raise ValueError("molecular_forces needs the molecules fragment as an input (derive molecules first)")
-    mask, notes = _molecular_mask(cols)
+    mask, notes = _molecular_mask(cols, "molecular_forces")
     forces = cols.atoms.get("forces", np.zeros((int(cols.n_atoms.sum()), 3)))
     fm = molecular_forces(forces, _global_molecule(cols), int(cols.n_molecules.sum()))
     frag = Columns(n_atoms=cols.n_atoms, n_molecules=cols.n_molecules, molecules={"molecular_forces": fm},
@@ -89,10 +91,7 @@ def derive_cluster_virial(cols: Columns, settings: dict) -> Derived:
 
     if "molecular_forces" not in cols.molecules or "molecule_centre" not in cols.molecules:
         raise ValueError("cluster_virial needs the molecules and molecular_forces fragments as inputs")
-    mask, notes = _molecular_mask(cols)
-    open_boundary = ~np.asarray(cols.configs["pbc"]).any(axis=1)
-    notes["periodic (W depends on the image of each molecule)"] = int((mask & ~open_boundary).sum())
-    mask = mask & open_boundary
+    mask, notes = _molecular_mask(cols, "cluster_virial")
     molecule_config = np.repeat(np.arange(cols.n_configs), cols.n_molecules)
     w = cluster_virial(cols.molecules["molecule_centre"], cols.molecules["molecular_forces"], molecule_config,
                        cols.n_configs)

@@ -34,15 +34,24 @@ def water(rng) -> Atoms:
     return a
 
 
-def place_waters(n: int, box: np.ndarray, rng, min_oo: float = 2.7) -> Atoms:
+def place_waters(n: int, box: np.ndarray, rng, min_oo: float = 2.7, min_atom: float = 1.8,
+                 periodic_xy: bool = False) -> Atoms:
+    """n randomly rotated waters in ``box`` with O-O >= min_oo and any two atoms of different waters
+    >= min_atom apart (minimum image in x and y when ``periodic_xy``)."""
     atoms, centres = Atoms(), []
     while len(centres) < n:
         c = rng.uniform(0, 1, 3) * box
-        if all(np.linalg.norm(c - o) > min_oo for o in centres):
-            w = water(rng)
-            w.translate(c)
-            atoms += w
-            centres.append(c)
+        w = water(rng)
+        w.translate(c)
+        if len(atoms):
+            d = w.positions[:, None, :] - atoms.positions[None, :, :]
+            if periodic_xy:
+                d[..., :2] -= box[:2] * np.round(d[..., :2] / box[:2])
+            oo = np.linalg.norm(d[0, ::3], axis=-1)
+            if oo.min() < min_oo or np.linalg.norm(d, axis=-1).min() < min_atom:
+                continue
+        atoms += w
+        centres.append(c)
     return atoms
 
 
@@ -89,7 +98,7 @@ def nacl_crystals() -> list[Atoms]:
 def water_slabs() -> list[Atoms]:
     frames = []
     for _ in range(4):
-        a = place_waters(8, np.array([9.0, 9.0, 5.0]), RNG, min_oo=2.8)
+        a = place_waters(8, np.array([9.0, 9.0, 5.0]), RNG, min_oo=2.8, periodic_xy=True)
         a.positions[:, 2] += 20.0
         a.cell = [9.0, 9.0, 45.0]
         a.pbc = [True, True, False]

@@ -69,3 +69,34 @@ def test_esps_without_charges_is_a_clear_error(tmp_path, capsys):
           "--on-error", "reject"])
     assert main(["derive", "esps", str(base), "-o", str(tmp_path / "e.h5")]) == 1
     assert "need atomic_multipoles or charges" in capsys.readouterr().err
+
+
+def test_molecular_targets_conserve_force_and_mask_where_meaningless(example_base):
+    mol = derive(example_base, "molecules")
+    mf = derive(example_base, "molecular_forces", extra=[mol])
+    cv = derive(example_base, "cluster_virial", extra=[mol, mf])
+    with ScfdataFile(example_base) as b, ScfdataFile(mol) as m, ScfdataFile(mf) as f, ScfdataFile(cv) as c:
+        pbc, types = b.read("pbc"), b.read("config_type")
+        n_mol = np.diff(m.molecule_ptr)
+        water = np.char.startswith(types.astype(str), "water_")
+        # every TIP3P water is found as one H2O molecule, n_atoms / 3 of them
+        assert (n_mol[water] == np.diff(b.atom_ptr)[water] // 3).all()
+        assert set(m.read("molecule_formula")[np.repeat(water, n_mol)]) == {"H2O"}
+        # the NaCl crystal is an extended network: masked, not split into fake molecules
+        nacl = types == "nacl_bulk"
+        assert not m.mask("molecule")[nacl].any() and not f.mask("molecular_forces")[nacl].any()
+        # sum of molecular forces equals the total force, config by config
+        forces, fm = b.read("forces"), f.read("molecular_forces")
+        for k in np.flatnonzero(f.mask("molecular_forces"))[:10]:
+            total = forces[b.atom_ptr[k]:b.atom_ptr[k + 1]].sum(0)
+            np.testing.assert_allclose(fm[m.molecule_ptr[k]:m.molecule_ptr[k + 1]].sum(0), total, atol=1e-10)
+        # cluster virial = sum_M R_M . F_M with R_M the molecule's geometric centre (open clusters only)
+        centre, w, wmask = m.read("molecule_centre"), c.read("cluster_virial"), c.mask("cluster_virial")
+        assert wmask.sum() > 0 and not wmask[pbc.any(1)].any()
+        pos, mol_of_atom = b.read("positions"), m.read("molecule")
+        for k in np.flatnonzero(wmask)[:5]:
+            s = slice(b.atom_ptr[k], b.atom_ptr[k + 1])
+            ids = mol_of_atom[s]
+            expect = sum(pos[s][ids == j].mean(0) @ forces[s][ids == j].sum(0) for j in range(n_mol[k]))
+            assert w[k] == pytest.approx(expect, rel=1e-10, abs=1e-12)
+            np.testing.assert_allclose(centre[m.molecule_ptr[k]:m.molecule_ptr[k + 1]][ids[0]], pos[s][ids == ids[0]].mean(0))

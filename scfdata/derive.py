@@ -125,8 +125,10 @@ def derive_dipoles(cols: Columns, settings: dict) -> Derived:
         n = int(both.any(axis=1).sum())
         if n:
             norms = np.linalg.norm(diff, axis=1)[both.any(axis=1)]
-            notes["|mu_DFT - mu_multipoles| rms (e·Å)"] = float(np.sqrt((norms**2).mean()))
-            notes["|mu_DFT - mu_multipoles| max (e·Å)"] = float(norms.max())
+            # mergeable over shards: counts and sums add, maxima take the max (see commands/assemble.py)
+            notes["configs with DFT and multipole dipoles"] = n
+            notes["sum |mu_DFT - mu_multipoles|^2 (e²Å²)"] = float((norms**2).sum())
+            notes["max |mu_DFT - mu_multipoles| (e·Å)"] = float(norms.max())
     frag = Columns(n_atoms=cols.n_atoms, configs={"dipole_from_multipoles": mu},
                    masks={"dipole_from_multipoles": mask})
     return Derived(frag, {"dipole_from_multipoles": {"target": "dipoles", **s}}, notes)

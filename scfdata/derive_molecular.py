@@ -51,7 +51,7 @@ def derive_molecules(cols: Columns, settings: dict) -> Derived:
         n_molecules=n_mol,
         atoms={"molecule": a.molecule.astype(np.int64)},
         molecules={"molecule_centre": centres, "molecule_formula": np.asarray(a.formula, dtype=str)},
-        masks={"molecule": valid, "molecule_centre": valid},
+        masks={"molecule": valid, "molecule_centre": valid, "molecule_formula": valid},
     )
     notes = Counter(r for r in a.reason if r)
     by = {"target": "molecules", **s}

@@ -296,15 +296,26 @@ def assemble(
             out["configs"].create_dataset("molecule_ptr", data=ptr_from_counts(n_mol))
             for key in keys:
                 group, name = key.split("/")
-                parts = []
-                for r, a_idx, m_idx, source in plan:
-                    src = source[key].raw(group, name)
-                    idx = {"configs": r, "masks": r, "atoms": a_idx, "molecules": m_idx}[group]
-                    parts.append(src[idx] if len(src) else src)
-                data = np.concatenate(parts) if parts else np.zeros(0)
-                if len(data) != sizes[group]:
-                    raise FormatError(f"{key}: assembled {len(data)} rows, expected {sizes[group]}")
-                ds = out[group].create_dataset(name, data=_to_disk(data))
+                idx_of = {"configs": 0, "masks": 0, "atoms": 1, "molecules": 2}[group]
+                srcs = [(p[3][key].raw(group, name), p[idx_of]) for p in plan]
+                if any(src.dtype.kind in "US" for src, _ in srcs):
+                    # strings (config types, formulae): short, gathered then written in one go
+                    data = np.concatenate([np.asarray(src)[idx] for src, idx in srcs])
+                    ds = out[group].create_dataset(name, data=_to_disk(data))
+                else:
+                    # numbers: each shard's rows written straight into the final contiguous dataset
+                    first = srcs[0][0]
+                    ds = out[group].create_dataset(name, shape=(sizes[group],) + first.shape[1:], dtype=first.dtype)
+                    at = 0
+                    for src, idx in srcs:
+                        if src.shape[1:] != first.shape[1:]:
+                            raise FormatError(f"{key}: per-item shape {src.shape[1:]} in one shard, "
+                                              f"{first.shape[1:]} in another")
+                        if len(idx):
+                            ds[at : at + len(idx)] = np.asarray(src)[idx]
+                        at += len(idx)
+                    if at != sizes[group]:
+                        raise FormatError(f"{key}: assembled {at} rows, expected {sizes[group]}")
                 if group != "masks":
                     ds.attrs.update(_field_attrs(name, derived_by))
             _write_rejects(out, rejects)

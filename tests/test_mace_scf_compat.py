@@ -9,7 +9,6 @@ from pathlib import Path
 
 import ase.io
 import numpy as np
-import pytest
 import yaml
 
 from scfdata.cli import main

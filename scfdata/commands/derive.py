@@ -44,6 +44,11 @@ def run(args) -> int:
     t0 = time.perf_counter()
     settings = json.loads(args.settings)
     cols = union(args.inputs)
+    if cols.n_configs == 0:  # an empty shard (every frame rejected, or more shards than frames)
+        write_columns(args.output, Columns(n_atoms=cols.n_atoms), provenance={"target": args.target,
+                                                                             "settings": settings})
+        log.info("%s: empty shard, nothing to derive", args.output)
+        return 0
     result = DERIVERS[args.target](cols, settings)
     provenance = {"target": args.target, "settings": settings, "notes": result.notes, "versions": versions()}
     write_columns(args.output, result.cols, provenance=provenance, derived_by=result.derived_by)

@@ -1,0 +1,162 @@
+"""`scfdata assemble`: shard base files + derived fragments -> results/<ds>/{train,valid,test}.h5.
+
+Writes only the non-empty splits (and deletes split files left by an earlier run), every rejected
+frame of the dataset in each file's /rejects and in ``rejects.tsv``, and ``manifest.json`` (what was
+written: the workflow rule's declared output). Before writing, the dataset-wide key check: a mapped
+key found in no frame of any shard is an error naming the key, with a did-you-mean.
+Counts reconcile: frames in == configs written + configs rejected, or the command fails.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from ..h5io import ScfdataFile, assemble
+from ..ingest import check_keys_found
+from ..keys import KeyMapping
+from ..provenance import versions
+from ..split import SPLIT_NAMES, read_split
+
+log = logging.getLogger("scfdata.assemble")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("assemble", help="merge shard files into one HDF5 file per split (workflow step)")
+    p.add_argument("--dataset", required=True, help="dataset name (recorded in the provenance)")
+    p.add_argument("--split", required=True, help="split .npz from `scfdata split`")
+    p.add_argument("--index", help="index JSON from `scfdata index` (frame counts; default: from the shards)")
+    p.add_argument("--reference", default="{}", help="JSON: the reference settings (recorded in the provenance)")
+    p.add_argument("--shard-files", nargs="+", required=True, metavar="BASE[,FRAGMENT...]",
+                   help="one argument per shard: its base file, then its fragments, comma-separated")
+    p.add_argument("-o", "--output", required=True, help="output folder (results/<dataset>)")
+    p.set_defaults(func=run)
+
+
+def _sum_counts(items: list[dict]) -> dict:
+    """Merge per-shard notes: numbers add up, except keys starting with "max" (the maximum);
+    nested dicts merge the same way; anything else is taken from the first shard."""
+    out: dict = {}
+    for d in items:
+        for k, v in d.items():
+            if k not in out:
+                out[k] = _sum_counts([v]) if isinstance(v, dict) else v
+            elif isinstance(v, dict) and isinstance(out[k], dict):
+                out[k] = _sum_counts([out[k], v])
+            elif isinstance(v, (int, float)) and not isinstance(v, bool) and isinstance(out[k], (int, float)):
+                out[k] = max(out[k], v) if str(k).startswith("max") else out[k] + v
+    return out
+
+
+def _clean(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def run(args) -> int:
+    shards = [s.split(",") for s in args.shard_files]
+    labels, split_meta = read_split(args.split)
+    if len(labels) != len(shards):
+        raise ValueError(f"{args.split} has labels for {len(labels)} shards, --shard-files gives {len(shards)}")
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- per-shard provenance, rejects, counts --
+    coverage: Counter = Counter()
+    keys_seen: set[str] = set()
+    rejects: list[tuple[int, int, str]] = []
+    base_prov: dict = {}
+    derive_prov: dict[str, list[dict]] = {}
+    n_written = 0
+    for k, files in enumerate(shards):
+        with ScfdataFile(files[0]) as f:
+            prov = f.provenance
+            if len(labels[k]) != f.n_configs:
+                raise ValueError(f"{files[0]} holds {f.n_configs} configs, {args.split} labels {len(labels[k])} "
+                                 "for it: rerun the split (the shards changed)")
+            n_written += f.n_configs
+            rejects += f.rejects()
+        base_prov = base_prov or prov
+        ing = prov.get("ingest", {})
+        coverage.update(ing.get("coverage", {}))
+        keys_seen |= set(ing.get("keys_seen", []))
+        for path in files[1:]:
+            with ScfdataFile(path) as f:
+                derive_prov.setdefault(Path(path).stem, []).append(f.provenance)
+    mapping = KeyMapping.from_dict(base_prov.get("key_mapping"), where=f"dataset {args.dataset} key mapping")
+    check_keys_found(dict(coverage), keys_seen, mapping, where=f"dataset {args.dataset}")
+
+    inputs = base_prov.get("inputs", [])
+    if args.index:
+        inputs = json.loads(Path(args.index).read_text())["inputs"]
+    n_in = sum(int(i.get("n_frames", 0)) for i in inputs)
+    rejects.sort(key=lambda r: (r[0], r[1]))
+    if args.index and n_in != n_written + len(rejects):
+        raise ValueError(
+            f"dataset {args.dataset}: counts do not reconcile: {n_in} frames in the inputs, {n_written} configs "
+            f"written + {len(rejects)} rejected; the shard files are stale: rerun with --forceall"
+        )
+
+    provenance = {
+        "dataset": args.dataset,
+        "inputs": inputs,
+        "key_mapping": base_prov.get("key_mapping"),
+        "validation": base_prov.get("validation"),
+        "on_error": base_prov.get("on_error"),
+        "reference": json.loads(args.reference),
+        # settings are the same in every shard; only the per-reason counts of masked configs add up
+        "derive": {name: {**{kk: vv for kk, vv in provs[0].items() if kk not in ("inputs", "versions", "notes")},
+                          "notes": _sum_counts([p.get("notes", {}) for p in provs])}
+                   for name, provs in derive_prov.items()},
+        "split": split_meta.get("settings"),
+        "ingest": {"coverage": dict(coverage), "configs_in": n_in, "written": n_written,
+                   "rejected": len(rejects)},
+        "versions": versions(),
+    }
+
+    # -- one file per non-empty split --
+    written = {}
+    for i, name in enumerate(SPLIT_NAMES):
+        path = out_dir / f"{name}.h5"
+        rows = [np.flatnonzero(lab == i) for lab in labels]
+        keep = [k for k, r in enumerate(rows) if len(r)]
+        if not keep:
+            if path.exists():
+                path.unlink()
+                log.info("removed stale %s (the split is empty now)", path)
+            continue
+        provenance["split_name"] = name
+        assemble(path, [shards[k] for k in keep], [rows[k] for k in keep], provenance=provenance,
+                 rejects=rejects)
+        written[name] = {"path": str(path), "n_configs": int(sum(len(rows[k]) for k in keep))}
+
+    paths = {k: i.get("path", str(k)) for k, i in enumerate(inputs)}
+    tsv = out_dir / "rejects.tsv"
+    tmp = tsv.with_name(f".{tsv.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write("file\tframe\treason\n")
+        for file_index, frame, reason in rejects:
+            fh.write(f"{paths.get(file_index, file_index)}\t{frame}\t{_clean(reason)}\n")
+    os.replace(tmp, tsv)
+
+    manifest = {
+        "dataset": args.dataset,
+        "configs_in": n_in,
+        "written": n_written,
+        "rejected": len(rejects),
+        "splits": written,
+        "rejects": str(tsv),
+        "reject_reasons": dict(Counter(_clean(r[2]).split(":")[0] for r in rejects).most_common()),
+    }
+    man = out_dir / "manifest.json"
+    tmp = man.with_name(f".{man.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, man)
+    split_text = ", ".join(f"{k} {v['n_configs']}" for k, v in written.items()) or "nothing written"
+    print(f"dataset {args.dataset}: configs in {n_in} / written {n_written} / rejected {len(rejects)} "
+          f"({split_text})", flush=True)
+    return 0

@@ -1,0 +1,29 @@
+"""`scfdata report`: results/<ds>/report.md (+ plots/) from the assemble manifest and statistics.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from ..report import build_report
+
+log = logging.getLogger("scfdata.report")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("report", help="write a dataset's report.md with plots (workflow step)")
+    p.add_argument("--manifest", required=True, help="manifest.json from `scfdata assemble`")
+    p.add_argument("--statistics", help="statistics.json from `scfdata statistics`")
+    p.add_argument("--max-points", type=int, default=200_000, help="entries per plotted field at most")
+    p.add_argument("-o", "--output", required=True, help="report .md")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    manifest = json.loads(Path(args.manifest).read_text())
+    stats = json.loads(Path(args.statistics).read_text()) if args.statistics else None
+    out = build_report(manifest, stats, args.output, rejects_tsv=manifest.get("rejects"),
+                       max_points=args.max_points)
+    log.info("wrote %s", out)
+    return 0

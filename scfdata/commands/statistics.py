@@ -1,0 +1,127 @@
+"""`scfdata statistics-shard` (mergeable sums of one shard's training configs) and `scfdata statistics`
+(merge them into results/<ds>/statistics.json: E0, per-atom energy and force statistics, target scales)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .. import fields
+from ..columns import ranges_index
+from ..h5io import ScfdataFile
+from ..split import SPLIT_NAMES, read_split
+from ..statistics import finalize, merge, shard_sums
+
+log = logging.getLogger("scfdata.statistics")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("statistics-shard", help="mergeable statistics sums of one shard (workflow step)")
+    p.add_argument("files", nargs="+", help="the shard's base file, then its derived fragments")
+    p.add_argument("--split", help="split .npz; only the configs of --subset are counted")
+    p.add_argument("--shard", type=int, default=0, help="shard number in the split file")
+    p.add_argument("--subset", default="train", choices=SPLIT_NAMES + ("all",))
+    p.add_argument("-o", "--output", required=True, help="sums JSON")
+    p.set_defaults(func=run_shard)
+
+    p = sub.add_parser("statistics", help="merge shard sums into statistics.json (workflow step)")
+    p.add_argument("sums", nargs="+", help="sums JSON files from `scfdata statistics-shard`")
+    p.add_argument("--dataset", default=None)
+    p.add_argument("-o", "--output", required=True, help="statistics JSON")
+    p.set_defaults(func=run_merge)
+
+
+def _write_json(path: str, obj: dict) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n")
+    os.replace(tmp, out)
+
+
+def shard_sums_of_files(paths: list[str], rows: np.ndarray | None) -> dict:
+    """Sums of the configs ``rows`` (None = all) of a shard given as base file + fragments."""
+    opened = [ScfdataFile(p) for p in paths]
+    try:
+        base = opened[0]
+        r = np.arange(base.n_configs) if rows is None else np.asarray(rows, dtype=np.int64)
+        if len(r) == 0:  # an empty shard, or no config of this subset in it
+            return shard_sums(np.zeros(0, np.int64), np.zeros(1, np.int64))
+        a_idx = ranges_index(base.atom_ptr, r)
+        counts = np.diff(base.atom_ptr)[r]
+        atom_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        numbers = np.asarray(base.raw("atoms", "numbers"))[a_idx]
+        owner = {}
+        for f in opened:
+            for name in f.field_names():
+                owner.setdefault(name, f)
+
+        def cfg_mask(name):
+            m = np.asarray(owner[name].mask(name))[r]
+            return m.reshape(len(r), -1).any(axis=1) if m.ndim > 1 else m
+
+        energy = None
+        if "energy" in owner:
+            energy = (np.asarray(owner["energy"].read("energy"))[r], cfg_mask("energy"))
+        atom_targets, entry_targets = {}, {}
+        for name, f in owner.items():
+            fd = fields.FIELDS[name]
+            if name == "energy" or fd.dtype == "str" or not fd.target or name == "molecule":
+                continue
+            if fd.level == "atom":
+                values = np.asarray(f.read(name))[a_idx]
+                am = np.repeat(cfg_mask(name), counts)
+                if name == "atomic_multipoles":
+                    if "charges" not in owner:
+                        atom_targets["charges"] = (values[:, 0], am)
+                    entry_targets[name] = (values, am)
+                    continue
+                atom_targets[name] = (values, am)
+            elif fd.level == "config":
+                m = np.asarray(f.mask(name))[r]
+                entry_targets[name] = (np.asarray(f.read(name))[r], m)
+            elif fd.level == "molecule":
+                m_idx = ranges_index(f.molecule_ptr, r)
+                mm = np.repeat(cfg_mask(name), np.diff(f.molecule_ptr)[r])
+                entry_targets[name] = (np.asarray(f.read(name))[m_idx], mm)
+        return shard_sums(numbers, atom_ptr, energy=energy, atom_targets=atom_targets,
+                          entry_targets=entry_targets)
+    finally:
+        for f in opened:
+            f.close()
+
+
+def run_shard(args) -> int:
+    rows = None
+    if args.split and args.subset != "all":
+        labels, _ = read_split(args.split)
+        if not 0 <= args.shard < len(labels):
+            raise ValueError(f"--shard must be in 0..{len(labels) - 1}, got {args.shard}")
+        rows = np.flatnonzero(labels[args.shard] == SPLIT_NAMES.index(args.subset))
+    sums = shard_sums_of_files(args.files, rows)
+    sums["subset"] = args.subset
+    _write_json(args.output, sums)
+    log.info("%s: sums of %d %s configs", args.output, sums["n_configs"], args.subset)
+    return 0
+
+
+def run_merge(args) -> int:
+    parts = [json.loads(Path(p).read_text()) for p in args.sums]
+    subsets = sorted({p.get("subset", "all") for p in parts})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stats = finalize(merge(parts))
+    stats = {"dataset": args.dataset, "computed_on": ",".join(subsets), **stats,
+             "warnings": [str(w.message) for w in caught]}
+    for w in caught:
+        log.warning("%s", w.message)
+    _write_json(args.output, stats)
+    scales = ", ".join(f"{k} {v:.4g}" for k, v in stats["scales"].items() if v is not None)
+    log.info("%s: %d %s configs; scales: %s", args.output, stats["n_configs"], stats["computed_on"], scales)
+    return 0
+

@@ -1,0 +1,215 @@
+"""results/<ds>/report.md: counts, per-split coverage, supported losses, statistics, rejects, and PNG plots.
+
+Plots (matplotlib, Agg backend) go to ``plots/`` next to the report: a histogram per numeric target
+field, ESP distributions per element (when ESPs exist), and the parity of the dipole from multipoles
+against the DFT dipole (when both exist). Plots use at most ``max_points`` entries per field (an even
+stride over all split files), so the report's memory stays bounded on large datasets.
+Not supported: interactive plots, per-config drill-down.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from ase.data import chemical_symbols
+
+from . import fields
+from .h5io import ScfdataFile
+from .inspect import summarize
+from .split import SPLIT_NAMES
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _md_table(header: list[str], rows: list[list]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
+    return out + [""]
+
+
+def _entry_rows(f: ScfdataFile, name: str, max_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of present entries of a field (strided to at most max_points) and their config ids."""
+    level = fields.FIELDS[name].level
+    m = np.asarray(f.mask(name))
+    per_config = m.reshape(len(m), -1).any(axis=1) if m.size else np.zeros(f.n_configs, bool)
+    if level == "config":
+        idx = np.flatnonzero(per_config)
+        owner = idx
+    else:
+        ptr = f.atom_ptr if level == "atom" else f.molecule_ptr
+        owner_all = np.repeat(np.arange(f.n_configs), np.diff(ptr))
+        idx = np.flatnonzero(per_config[owner_all])
+        owner = owner_all[idx]
+    if len(idx) > max_points:
+        take = np.linspace(0, len(idx) - 1, max_points).astype(np.int64)
+        idx, owner = idx[take], owner[take]
+    return idx, owner
+
+
+def _collect(paths: list[Path], name: str, max_points: int, with_numbers: bool = False):
+    values, numbers = [], []
+    per_file = max(1, max_points // max(1, len(paths)))
+    for p in paths:
+        with ScfdataFile(p) as f:
+            if not f.has(name):
+                continue
+            idx, _ = _entry_rows(f, name, per_file)
+            values.append(np.asarray(f.read(name))[idx])
+            if with_numbers:
+                numbers.append(np.asarray(f.raw("atoms", "numbers"))[idx])
+    if not values:
+        return None, None
+    return np.concatenate(values), (np.concatenate(numbers) if with_numbers else None)
+
+
+def _plots(paths: list[Path], plot_dir: Path, max_points: int) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    made = []
+    names = []
+    for p in paths:
+        with ScfdataFile(p) as f:
+            names += [n for n in f.field_names() if n not in names]
+    for name in names:
+        fd = fields.FIELDS[name]
+        if fd.dtype != "float64" or not fd.target:
+            continue
+        v, _ = _collect(paths, name, max_points)
+        if v is None or v.size == 0:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.hist(v.reshape(-1), bins=60, color="C0")
+        ax.set_xlabel(f"{name} ({fd.unit})" if fd.unit else name)
+        ax.set_ylabel("entries")
+        ax.set_title(f"{name}: {v.reshape(len(v), -1).shape[0]} entries")
+        fig.tight_layout()
+        out = plot_dir / f"hist_{name}.png"
+        fig.savefig(out, dpi=80)
+        plt.close(fig)
+        made.append((f"{name} histogram", out.name))
+    if "esps" in names:
+        v, z = _collect(paths, "esps", max_points, with_numbers=True)
+        if v is not None and v.size:
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            for el in np.unique(z):
+                ax.hist(v[z == el], bins=60, histtype="step", label=chemical_symbols[el])
+            ax.set_xlabel("ESP at atom (V)")
+            ax.set_ylabel("atoms")
+            ax.legend()
+            fig.tight_layout()
+            out = plot_dir / "esps_per_element.png"
+            fig.savefig(out, dpi=80)
+            plt.close(fig)
+            made.append(("ESP per element", out.name))
+    if "dipole" in names and "dipole_from_multipoles" in names:
+        ref, pred = [], []
+        for p in paths:
+            with ScfdataFile(p) as f:
+                if not (f.has("dipole") and f.has("dipole_from_multipoles")):
+                    continue
+                both = np.asarray(f.mask("dipole")) & np.asarray(f.mask("dipole_from_multipoles"))
+                ref.append(np.asarray(f.read("dipole"))[both])
+                pred.append(np.asarray(f.read("dipole_from_multipoles"))[both])
+        if ref and sum(len(r) for r in ref):
+            r, q = np.concatenate(ref)[:max_points], np.concatenate(pred)[:max_points]
+            fig, ax = plt.subplots(figsize=(4, 4))
+            ax.scatter(r, q, s=4)
+            lo, hi = float(min(r.min(), q.min())), float(max(r.max(), q.max()))
+            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+            ax.set_xlabel("DFT dipole component (e·Å)")
+            ax.set_ylabel("dipole from multipoles (e·Å)")
+            rms = float(np.sqrt(np.mean((r - q) ** 2)))
+            ax.set_title(f"rms difference {rms:.3g} e·Å")
+            fig.tight_layout()
+            out = plot_dir / "dipole_parity.png"
+            fig.savefig(out, dpi=80)
+            plt.close(fig)
+            made.append(("dipole from multipoles vs DFT dipole", out.name))
+    return made
+
+
+def build_report(manifest: dict, statistics: dict | None, out_path: str | os.PathLike,
+                 rejects_tsv: str | os.PathLike | None = None, max_points: int = 200_000) -> Path:
+    """Write report.md (and plots/) for one dataset from its manifest and statistics."""
+    out_path = Path(out_path)
+    ds = manifest.get("dataset", out_path.parent.name)
+    splits = {k: v for k, v in manifest.get("splits", {}).items()}
+    paths = [Path(splits[s]["path"]) for s in SPLIT_NAMES if s in splits]
+    lines = [f"# scfdata report: {ds}", ""]
+    lines += [f"Configs in **{manifest['configs_in']}**, written **{manifest['written']}**, "
+              f"rejected **{manifest['rejected']}**.", ""]
+    lines += _md_table(["split", "file", "configs"],
+                       [[s, f"`{Path(splits[s]['path']).name}`", splits[s]["n_configs"]]
+                        for s in SPLIT_NAMES if s in splits])
+    summaries = {s: summarize(splits[s]["path"]) for s in SPLIT_NAMES if s in splits}
+    if summaries:
+        first = next(iter(summaries.values()))
+        lines += ["## Contents", "",
+                  "Elements: " + ", ".join(f"{k} {v}" for k, v in first["elements"].items())
+                  + " (first split).  Boundary classes: "
+                  + ", ".join(f"{k} {v}" for k, v in first["boundary_classes"].items()) + ".", ""]
+        lines += ["## Coverage", "", "Configs where the field is present (n / configs of the split), "
+                  "and min / mean / max over present entries of the first split.", ""]
+        names = []
+        for s in summaries.values():
+            names += [n for n in s["fields"] if n not in names]
+        rows = []
+        for name in names:
+            e = first["fields"].get(name, {})
+            row = [f"`{name}`", e.get("level", "–"), e.get("unit") or "–"]
+            row += [f"{s['fields'][name]['coverage']}/{s['n_configs']}" if name in s["fields"] else "–"
+                    for s in summaries.values()]
+            row += [e.get("min"), e.get("mean"), e.get("max"), "derived" if e.get("derived") else "input"]
+            rows.append(row)
+        lines += _md_table(["field", "level", "unit", *summaries, "min", "mean", "max", "kind"], rows)
+        if first.get("losses"):
+            lines += ["## Supported losses (first split)", ""]
+            lines += _md_table(["loss", "supported", "configs", "reason"],
+                               [[f"`{k}`", "yes" if v["supported"] else "no", v["n_configs"], v.get("reason", "")]
+                                for k, v in first["losses"].items()])
+    if statistics:
+        lines += ["## Statistics", "", f"Computed on the {statistics.get('computed_on', 'train')} configs "
+                  f"({statistics.get('n_configs')}); full numbers in `statistics.json`.", ""]
+        e0 = statistics.get("atomic_energies")
+        if e0:
+            info = statistics["e0"]
+            lines += [f"Atomic reference energies E0 (least squares over {info['n_configs']} configs, rank "
+                      f"{info['rank']} of {info['n_elements']}"
+                      + (", **under-determined**: minimum-norm solution" if info["underdetermined"] else "")
+                      + "):", ""]
+            lines += _md_table(["element", "E0 (eV)"], [[k, v] for k, v in e0.items()])
+        lines += _md_table(["scale", "value"], [[f"`{k}`", v] for k, v in statistics.get("scales", {}).items()])
+        for w in statistics.get("warnings", []):
+            lines += [f"> warning: {w}", ""]
+    lines += ["## Rejects", ""]
+    if manifest.get("rejected"):
+        lines += _md_table(["reason", "configs"], [[k, v] for k, v in manifest.get("reject_reasons", {}).items()])
+        if rejects_tsv and Path(rejects_tsv).exists():
+            with open(rejects_tsv) as fh:
+                head = [next(fh, "") for _ in range(11)][1:]
+            rows = [ln.rstrip("\n").split("\t") for ln in head if ln.strip()]
+            lines += [f"First {len(rows)} of {manifest['rejected']} (all in `{Path(rejects_tsv).name}`):", ""]
+            lines += _md_table(["file", "frame", "reason"], rows)
+    else:
+        lines += ["No config was rejected.", ""]
+    made = _plots(paths, out_path.parent / "plots", max_points) if paths else []
+    if made:
+        lines += ["## Plots", ""]
+        for title, name in made:
+            lines += [f"### {title}", "", f"![{title}](plots/{name})", ""]
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    tmp.write_text("\n".join(lines).rstrip() + "\n")
+    os.replace(tmp, out_path)
+    return out_path

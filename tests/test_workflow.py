@@ -1,0 +1,216 @@
+"""The real Snakemake workflow, run via subprocess on the bundled example files in a temporary folder.
+
+One full run (module fixture), then dry runs: nothing left to do, a settings change reruns only its
+dependants, config errors stop before any job, a user's --configfile does not pull in the bundled
+datasets, the SLURM profile dry-runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from scfdata.derive import DERIVERS
+from scfdata.h5io import ScfdataFile
+
+REPO = Path(__file__).resolve().parent.parent
+SNAKEFILE = REPO / "Snakefile"
+EXAMPLES = REPO / "examples" / "data"
+TARGETS = ["molecules", "esps", "fields", "dipoles", "molecular_forces", "cluster_virial"]
+
+pytestmark = pytest.mark.slow
+
+
+def _available(target: str) -> bool:
+    return target in DERIVERS
+
+
+def _reference():
+    """Every target the package can derive is on (the others are switched off)."""
+    ref = {t: {"enabled": _available(t)} for t in TARGETS}
+    for t, deps in {"molecular_forces": ["molecules"], "cluster_virial": ["molecules", "molecular_forces"]}.items():
+        if not all(_available(d) for d in deps):
+            ref[t]["enabled"] = False
+    return ref
+
+
+def _config(**reference_overrides) -> dict:
+    ref = _reference()
+    for k, v in reference_overrides.items():
+        ref[k] = {**ref[k], **v}
+    return {
+        "shards": 2,
+        "datasets": {
+            "w": {
+                "inputs": [str(EXAMPLES / "water_clusters.extxyz")],
+                "keys": {"info_keys": {"energy": "energy", "dipole": "REF_dipole", "total_charge": "total_charge"},
+                         "arrays_keys": {"forces": "forces", "charges": "REF_charges"}},
+                "split": {"valid_fraction": 0.2, "test_fraction": 0.1, "seed": 3},
+            },
+            "p": {
+                "inputs": [str(EXAMPLES / "nacl_crystal.extxyz")],
+                "keys": {"info_keys": {"total_charge": "total_charge"}, "arrays_keys": {"charges": "REF_charges"}},
+            },
+        },
+        "reference": ref,
+    }
+
+
+def _snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def _write(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _jobs(dry_run_output: str) -> dict[str, int]:
+    """Rule -> job count from a dry run's job stats table."""
+    if "Nothing to be done" in dry_run_output:
+        return {}
+    table = dry_run_output.split("Job stats:")[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)
+            if m.group(1) != "total"}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("wf")
+    cfg = _write(work / "user.yaml", _config())
+    proc = _snakemake(work, "--cores", "2", "--configfile", str(cfg))
+    return work, cfg, proc
+
+
+def test_outputs_exist_and_counts_reconcile(run):
+    work, _, proc = run
+    res = work / "results"
+    for ds in ("w", "p"):
+        for name in ("manifest.json", "rejects.tsv", "statistics.json", "report.md"):
+            assert (res / ds / name).is_file(), f"{ds}/{name} missing"
+    man = json.loads((res / "w" / "manifest.json").read_text())
+    assert man["configs_in"] == 61 == man["written"] + man["rejected"]
+    n_split = {}
+    for split in ("train", "valid", "test"):
+        with ScfdataFile(res / "w" / f"{split}.h5") as f:
+            n_split[split] = f.n_configs
+            assert len(f.rejects()) == man["rejected"]
+            assert f.provenance["dataset"] == "w"
+            assert f.provenance["inputs"][0]["sha256"]
+            assert f.has("energy") and f.has("forces")
+            if "esps" in DERIVERS:
+                assert f.has("esps") and f.coverage("esps") == f.n_configs
+    assert sum(n_split.values()) == man["written"]
+    assert n_split == {"train": 42, "valid": 12, "test": 6}
+    # no split block: everything in train.h5, no empty split files
+    assert (res / "p" / "train.h5").is_file()
+    assert not (res / "p" / "valid.h5").exists() and not (res / "p" / "test.h5").exists()
+    with ScfdataFile(res / "p" / "train.h5") as f:
+        assert f.n_configs == 4
+    tsv = (res / "w" / "rejects.tsv").read_text().splitlines()
+    assert tsv[0] == "file\tframe\treason" and len(tsv) == 1 + man["rejected"]
+    assert f"dataset w: configs in 61 / written {man['written']} / rejected {man['rejected']}" in proc.stdout
+    stats = json.loads((res / "w" / "statistics.json").read_text())
+    assert stats["n_configs"] == 42 and stats["computed_on"] == "train"
+    assert stats["forces"]["rms"] > 0
+    assert (res / "w" / "benchmarks" / "ingest" / "1-of-2.tsv").is_file()
+    assert "read 30, written" in (res / "w" / "logs" / "ingest" / "1-of-2.log").read_text()
+
+
+def test_second_run_does_nothing(run):
+    work, cfg, _ = run
+    out = _snakemake(work, "-n", "--configfile", str(cfg)).stdout
+    assert "Nothing to be done" in out, out[-2000:]
+
+
+def test_esps_change_reruns_only_its_dependants(run):
+    if "esps" not in DERIVERS:
+        pytest.skip("the esps target is not available yet")
+    work, _, _ = run
+    cfg = _write(work / "esps.yaml", _config(esps={"smearing_width": 0.5}))
+    jobs = _jobs(_snakemake(work, "-n", "--configfile", str(cfg)).stdout)
+    expected = {"derive_esps", "assemble", "statistics_shard", "statistics", "report", "all"}
+    if "fields" in DERIVERS:
+        expected.add("derive_fields")  # fields use the esps settings
+    assert set(jobs) == expected, jobs
+    assert jobs["derive_esps"] == 4  # 2 datasets x 2 shards
+    assert jobs["assemble"] == 2
+
+
+def test_unknown_key_stops_before_any_job(tmp_path):
+    cfg = _config()
+    cfg["datasets"]["w"]["split"]["sed"] = 1
+    proc = _snakemake(tmp_path, "-n", "--configfile", str(_write(tmp_path / "bad.yaml", cfg)), check=False)
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert "datasets.w.split: unknown key 'sed' (did you mean 'seed'?)" in err, err[-2000:]
+    assert "Job stats" not in err and not (tmp_path / "results").exists()
+
+
+def test_missing_input_stops_before_any_job(tmp_path):
+    cfg = _config()
+    cfg["datasets"]["p"]["inputs"] = ["nowhere/frames.extxyz"]
+    proc = _snakemake(tmp_path, "-n", "--configfile", str(_write(tmp_path / "bad.yaml", cfg)), check=False)
+    assert proc.returncode != 0
+    assert "datasets.p.inputs: file not found: nowhere/frames.extxyz" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def _repo_like(tmp_path: Path) -> Path:
+    """A working folder that looks like the repository: the bundled config and example data."""
+    (tmp_path / "config").mkdir()
+    shutil.copy(REPO / "config" / "config.yaml", tmp_path / "config" / "config.yaml")
+    (tmp_path / "examples").symlink_to(REPO / "examples")
+    return tmp_path
+
+
+def test_user_configfile_does_not_leak_example_datasets(tmp_path):
+    work = _repo_like(tmp_path)
+    bundled = list(yaml.safe_load((REPO / "config" / "config.yaml").read_text())["datasets"])
+    default = _snakemake(work, "-n").stdout
+    for ds in bundled:
+        assert f"results/{ds}/manifest.json" in default
+    user = {"datasets": {"mine": _config()["datasets"]["p"]}, "reference": _reference()}
+    out = _snakemake(work, "-n", "--configfile", str(_write(tmp_path / "my.yaml", user))).stdout
+    assert "results/mine/manifest.json" in out
+    for ds in bundled:
+        assert f"results/{ds}/" not in out, f"bundled dataset {ds} leaked into the user's run"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,
+                    reason="snakemake-executor-plugin-slurm is not installed")
+def test_slurm_profile_dry_runs(tmp_path):
+    work = _repo_like(tmp_path)
+    proc = _snakemake(work, "-n", "--workflow-profile", str(REPO / "workflows" / "profiles" / "slurm"))
+    jobs = _jobs(proc.stdout)
+    assert jobs["ingest"] == 2 * len(yaml.safe_load((REPO / "config" / "config.yaml").read_text())["datasets"])
+    assert "error" not in proc.stderr.lower()
+
+
+def test_shard_count_does_not_change_the_arrays(run, tmp_path):
+    """Same inputs and settings, 1 shard instead of 2: the same configs in each split, same arrays."""
+    work, cfg, _ = run
+    _snakemake(tmp_path, "results/w/manifest.json", "--cores", "2", "--configfile", str(cfg),
+               "--set-scatter", "shard=1")
+    for split in ("train", "valid", "test"):
+        with ScfdataFile(work / "results" / "w" / f"{split}.h5") as a, \
+                ScfdataFile(tmp_path / "results" / "w" / f"{split}.h5") as b:
+            assert sorted(a.datasets()) == sorted(b.datasets())
+            np.testing.assert_array_equal(a.atom_ptr, b.atom_ptr)
+            for key in a.datasets():
+                group, name = key.split("/")
+                np.testing.assert_array_equal(np.asarray(a.raw(group, name)), np.asarray(b.raw(group, name)),
+                                              err_msg=key)

@@ -1,0 +1,38 @@
+# index: count each dataset's frames once and plan the shards; ingest: one job per shard.
+
+
+rule index:
+    input:
+        lambda wc: dataset(wc)["inputs"],
+    output:
+        "results/{ds}/index.json",
+    params:
+        shards=n_shards(),
+        format=format_option,
+    log:
+        log_file("index"),
+    benchmark:
+        bench_file("index")
+    threads: 1
+    shell:
+        "scfdata index {input:q} --shards {params.shards}"
+        " {params.format} -o {output:q} > {log:q} 2>&1"
+
+
+rule ingest:
+    input:
+        index="results/{ds}/index.json",
+        keys_from=lambda wc: [dataset(wc)["keys_from"]] if dataset(wc).get("keys_from") else [],
+    output:
+        shard_file("base"),
+    params:
+        shard=shard_index,
+        settings=ingest_settings,
+    log:
+        log_file("ingest", "{scatteritem}"),
+    benchmark:
+        bench_file("ingest", "{scatteritem}")
+    threads: 1
+    shell:
+        "scfdata ingest --index {input.index:q} --shard {params.shard} --settings {params.settings:q}"
+        " -o {output:q} > {log:q} 2>&1"

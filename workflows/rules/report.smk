@@ -1,0 +1,17 @@
+# report: results/<ds>/report.md with counts, coverage, rejects and PNG plots (results/<ds>/plots/).
+
+
+rule report:
+    input:
+        manifest="results/{ds}/manifest.json",
+        statistics="results/{ds}/statistics.json",
+    output:
+        "results/{ds}/report.md",
+    log:
+        log_file("report"),
+    benchmark:
+        bench_file("report")
+    threads: 1
+    shell:
+        "scfdata report --manifest {input.manifest:q} --statistics {input.statistics:q}"
+        " -o {output:q} > {log:q} 2>&1"

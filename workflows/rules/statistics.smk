@@ -1,0 +1,33 @@
+# statistics: mergeable sums per shard (training configs only), merged into results/<ds>/statistics.json.
+
+
+rule statistics_shard:
+    input:
+        split="results/{ds}/split.npz",
+        files=lambda wc: [shard_file(name) for name in fragments()],
+    output:
+        shard_file("statistics", "json"),
+    params:
+        shard=shard_index,
+    log:
+        log_file("statistics_shard", "{scatteritem}"),
+    benchmark:
+        bench_file("statistics_shard", "{scatteritem}")
+    threads: 1
+    shell:
+        "scfdata statistics-shard --split {input.split:q} --shard {params.shard} {input.files:q}"
+        " -o {output:q} > {log:q} 2>&1"
+
+
+rule statistics:
+    input:
+        lambda wc: gathered("statistics", wc.ds, "json"),
+    output:
+        "results/{ds}/statistics.json",
+    log:
+        log_file("statistics"),
+    benchmark:
+        bench_file("statistics")
+    threads: 1
+    shell:
+        "scfdata statistics --dataset {wildcards.ds} {input:q} -o {output:q} > {log:q} 2>&1"

@@ -16,6 +16,7 @@ include: "workflows/rules/split.smk"
 include: "workflows/rules/assemble.smk"
 include: "workflows/rules/statistics.smk"
 include: "workflows/rules/report.smk"
+include: "workflows/rules/export.smk"
 
 
 rule all:

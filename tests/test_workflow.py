@@ -62,6 +62,7 @@ def _config(**reference_overrides) -> dict:
             },
         },
         "reference": ref,
+        "export": {"mace": True},
     }
 
 
@@ -128,6 +129,14 @@ def test_outputs_exist_and_counts_reconcile(run):
     assert stats["forces"]["rms"] > 0
     assert (res / "w" / "benchmarks" / "ingest" / "1-of-2.tsv").is_file()
     assert "read 30, written" in (res / "w" / "logs" / "ingest" / "1-of-2.log").read_text()
+    # the sharded MACE export: one file per split and shard, every config once; empty splits export nothing
+    import h5py
+
+    for split, n in n_split.items():
+        files = sorted((res / "w" / "mace" / {"valid": "val"}.get(split, split)).glob("*.h5"))  # MACE's names
+        assert len(files) == 2
+        assert sum(len(h5py.File(f)["config_batch_0"]) for f in files) == n
+    assert not (res / "p" / "mace" / "val").exists()
 
 
 def test_second_run_does_nothing(run):
@@ -142,7 +151,7 @@ def test_esps_change_reruns_only_its_dependants(run):
     work, _, _ = run
     cfg = _write(work / "esps.yaml", _config(esps={"smearing_width": 0.5}))
     jobs = _jobs(_snakemake(work, "-n", "--configfile", str(cfg)).stdout)
-    expected = {"derive_esps", "assemble", "statistics_shard", "statistics", "report", "all"}
+    expected = {"derive_esps", "assemble", "statistics_shard", "statistics", "report", "export_mace", "all"}
     if "fields" in DERIVERS:
         expected.add("derive_fields")  # fields use the esps settings
     assert set(jobs) == expected, jobs

@@ -206,4 +206,7 @@ def all_outputs():
     for ds in DATASETS:
         out += [f"results/{ds}/{name}" for name in
                 ("manifest.json", "rejects.tsv", "statistics.json", "report.md")]
+        if config["export"]["mace"]:
+            out += [f for split in SPLIT_FILES for f in gather.shard(
+                f"results/{ds}/mace/.done/{split}-{{scatteritem}}")]
     return out

@@ -188,15 +188,31 @@ def ewald_potential_field(
     Inputs as in :func:`scfdata.reference.esp_realspace.realspace_potential_field`. ``params`` (dict with
     gamma, r_cut, k_cut) overrides the automatic choice; for tests only.
     """
+
+    def reciprocal(pos_w, q, p, t, cell, gamma, prm, with_fields):
+        return reciprocal_potential_field(pos_w, q, p, t, cell, gamma, prm["k_cut"], with_fields)
+
+    return ewald_sum(positions, charges, dipoles, quadrupoles, cell, choose=choose_parameters,
+                     reciprocal=reciprocal, smearing_width=smearing_width, self_interaction=self_interaction,
+                     tolerance=tolerance, with_fields=with_fields, params=params, max_pairs=max_pairs)
+
+
+def ewald_sum(positions, charges, dipoles, quadrupoles, cell, *, choose, reciprocal, smearing_width,
+              self_interaction, tolerance, with_fields, params, max_pairs):
+    """The Ewald split shared by plain Ewald and PME: real-space pairs, the reciprocal part given by
+    ``reciprocal(pos_w, q, p, t, cell, gamma, params, with_fields)``, self-pair removal, neutralising
+    background and the optional smeared self term; parameters from ``choose(cell, n, q, p, t, σ, tol)``."""
     cell = _check_cell(cell)
     pos = np.asarray(positions, dtype=float)
     q = np.asarray(charges, dtype=float).reshape(-1)
     n = pos.shape[0]
     sigma = float(smearing_width)
+    if self_interaction not in ("exclude", "include"):
+        raise ValueError(f"Unknown self_interaction {self_interaction!r}. Must be 'exclude' or 'include'.")
     if self_interaction == "include" and not sigma > 0:
         raise ValueError("self_interaction='include' needs smearing_width > 0")
     beta = 1.0 / (math.sqrt(2.0) * sigma) if sigma > 0 else math.inf
-    prm = params or choose_parameters(cell, n, q, dipoles, quadrupoles, sigma, tolerance)
+    prm = params or choose(cell, n, q, dipoles, quadrupoles, sigma, tolerance)
     gamma = min(prm["gamma"], beta)
     inv = np.linalg.inv(cell)
     frac = pos @ inv
@@ -223,7 +239,7 @@ def ewald_potential_field(
                 with_fields,
             )
             accumulate(recv, v, e, n, esps, fields)
-    v, e = reciprocal_potential_field(pos_w, q, dipoles, quadrupoles, cell, gamma, prm["k_cut"], with_fields)
+    v, e = reciprocal(pos_w, q, dipoles, quadrupoles, cell, gamma, prm, with_fields)
     esps += v
     # remove the self pair's long-range part, add the neutralising background
     esps -= q * g_erf_at_zero(gamma, 0)

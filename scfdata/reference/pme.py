@@ -31,15 +31,7 @@ import numpy as np
 import scipy.fft
 
 from scfdata.constants import K_E
-from scfdata.reference.esp_realspace import (
-    accumulate,
-    g_erf_at_zero,
-    g_erfc,
-    nmax_needed,
-    pair_potential_field,
-    self_terms,
-)
-from scfdata.reference.ewald import _check_cell, periodic_pairs
+from scfdata.reference.ewald import _check_cell, ewald_sum
 
 #: Spline orders considered by the automatic choice.
 _ORDERS = (4, 6, 8, 10)
@@ -284,58 +276,10 @@ def pme_potential_field(
     Same signature, conventions and return as :func:`scfdata.reference.ewald.ewald_potential_field`;
     ``params`` (dict with gamma, r_cut, mesh, order) overrides the automatic choice (tests only).
     """
-    cell = _check_cell(cell)
-    pos = np.asarray(positions, dtype=float)
-    q = np.asarray(charges, dtype=float).reshape(-1)
-    n = pos.shape[0]
-    sigma = float(smearing_width)
-    if self_interaction not in ("exclude", "include"):
-        raise ValueError(f"Unknown self_interaction {self_interaction!r}. Must be 'exclude' or 'include'.")
-    if self_interaction == "include" and not sigma > 0:
-        raise ValueError("self_interaction='include' needs smearing_width > 0")
-    beta = 1.0 / (math.sqrt(2.0) * sigma) if sigma > 0 else math.inf
-    prm = params or choose_pme_parameters(cell, n, q, dipoles, quadrupoles, sigma, tolerance)
-    gamma = min(prm["gamma"], beta)
-    inv = np.linalg.inv(cell)
-    frac = pos @ inv
-    pos_w = (frac - np.floor(frac)) @ cell
-    vol = abs(np.linalg.det(cell))
 
-    esps = np.zeros(n)
-    fields = np.zeros((n, 3)) if with_fields else None
-    nmax = nmax_needed(dipoles is not None, quadrupoles is not None, with_fields)
-    if gamma < beta:
-        for recv, src, rvec in periodic_pairs(pos_w, cell, prm["r_cut"], max_pairs):
-            r = np.sqrt(np.einsum("pa,pa->p", rvec, rvec))
-            if np.any(r == 0.0):
-                k = int(np.flatnonzero(r == 0.0)[0])
-                raise ValueError(f"atoms {int(recv[k])} and {int(src[k])} (or an image) coincide")
-            g = g_erfc(r, gamma, nmax)
-            if beta < math.inf:
-                gb = g_erfc(r, beta, nmax)
-                g = [x - y for x, y in zip(g, gb)]
-            v, e = pair_potential_field(
-                rvec, g, q[src],
-                None if dipoles is None else dipoles[src],
-                None if quadrupoles is None else quadrupoles[src],
-                with_fields,
-            )
-            accumulate(recv, v, e, n, esps, fields)
-    v, e = pme_reciprocal(pos_w, q, dipoles, quadrupoles, cell, gamma, prm["mesh"], prm["order"], with_fields)
-    esps += v
-    esps -= q * g_erf_at_zero(gamma, 0)
-    total = q.sum()
-    esps -= math.pi * total / vol * (1.0 / gamma**2 - (0.0 if beta == math.inf else 1.0 / beta**2))
-    if with_fields:
-        fields += e
-        if dipoles is not None:
-            fields -= dipoles * g_erf_at_zero(gamma, 1)
-    if self_interaction == "include":
-        v, e = self_terms(q, dipoles, sigma, with_fields)
-        esps += v
-        if with_fields:
-            fields += e
-    esps *= K_E
-    if with_fields:
-        fields *= K_E
-    return esps, fields
+    def reciprocal(pos_w, q, p, t, cell, gamma, prm, with_fields):
+        return pme_reciprocal(pos_w, q, p, t, cell, gamma, prm["mesh"], prm["order"], with_fields)
+
+    return ewald_sum(positions, charges, dipoles, quadrupoles, cell, choose=choose_pme_parameters,
+                     reciprocal=reciprocal, smearing_width=smearing_width, self_interaction=self_interaction,
+                     tolerance=tolerance, with_fields=with_fields, params=params, max_pairs=max_pairs)

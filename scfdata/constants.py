@@ -4,6 +4,3 @@ import scipy.constants as _c
 
 #: Coulomb constant k_e = 1/(4π ε0) in eV·Å/e² (14.3996454784...).
 K_E: float = _c.e / (4.0 * _c.pi * _c.epsilon_0) * 1e10
-
-#: Conversion of atomic mass units to the masses used by ASE (ASE already uses amu; kept for clarity).
-AMU: float = 1.0

@@ -75,8 +75,7 @@ def _esp_and_field(cols: Columns, settings: dict, with_fields: bool):
     cls = _pbc_class(cols.configs["pbc"])
     ok_boundary = np.isin(cls, list(_BOUNDARY_OF_PBC)) if s["boundary"] == "auto" else np.ones(len(cls), bool)
     live = present & ok_boundary
-    notes = Counter()
-    notes.update({f"no {'atomic_multipoles/charges'} in the config": int((~present).sum())})
+    notes = Counter({"no atomic_multipoles or charges in the config": int((~present).sum())})
     for c in np.unique(cls[present & ~ok_boundary]):
         notes[f"pbc {c} has no ESP boundary (auto handles FFF, TTT, TTF)"] = int((cls[present] == c).sum())
     n_atoms_total = int(cols.n_atoms.sum())

@@ -154,8 +154,7 @@ class StreamWriter:
     def _append(self, name: str, arr: np.ndarray) -> None:
         arr = _to_disk(np.asarray(arr))
         if name not in self._h5:
-            if arr.dtype.kind == "S":
-                arr = arr.astype("S256") if arr.dtype.itemsize <= 256 else arr
+            if arr.dtype.kind == "S":  # variable length while streaming; fixed length in the final file
                 dtype = h5py.string_dtype("utf-8")
                 self._h5.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(4096,))
             else:

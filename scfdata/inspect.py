@@ -9,7 +9,7 @@ import numpy as np
 from ase.data import chemical_symbols
 
 from . import fields
-from .h5io import LEVEL_GROUP, ScfdataFile
+from .h5io import ScfdataFile
 
 
 def _entry_mask(f: ScfdataFile, name: str) -> np.ndarray:
@@ -143,5 +143,3 @@ def format_text(s: dict) -> str:
                 parts.append(f"  {k}: {json.dumps(v, sort_keys=True)}")
     return "\n".join(parts)
 
-
-__all__ = ["summarize", "format_text", "LEVEL_GROUP"]

@@ -91,9 +91,10 @@ def _losses(path) -> dict:
     return supported_losses(path)
 
 
-def _fmt(v) -> str:
+def format_value(v, missing: str = "-") -> str:
+    """A table cell: 4 significant digits for floats, ``missing`` for None."""
     if v is None:
-        return "-"
+        return missing
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
@@ -121,7 +122,7 @@ def format_text(s: dict) -> str:
     n = s["n_configs"]
     rows = [
         [name, e["level"], "x".join(map(str, e["shape"])) or "-", e["unit"] or "-", f"{e['coverage']}/{n}",
-         _fmt(e.get("min")), _fmt(e.get("mean")), _fmt(e.get("max")), "derived" if e["derived"] else "input"]
+         *(format_value(e.get(k)) for k in ("min", "mean", "max")), "derived" if e["derived"] else "input"]
         for name, e in s["fields"].items()
     ]
     parts.append(_table(rows, ["field", "level", "shape", "unit", "coverage", "min", "mean", "max", "kind"]))

@@ -17,16 +17,12 @@ from ase.data import chemical_symbols
 
 from . import fields
 from .h5io import ScfdataFile
-from .inspect import summarize
+from .inspect import format_value, summarize
 from .split import SPLIT_NAMES
 
 
 def _fmt(v) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+    return format_value(v, missing="–")
 
 
 def _md_table(header: list[str], rows: list[list]) -> list[str]:

@@ -119,3 +119,24 @@ def test_empty_file(tmp_path):
     w.close()
     with ScfdataFile(tmp_path / "e.h5") as f:
         assert f.n_configs == 0 and f.field_names() == []
+
+
+def test_killed_writer_leaves_no_file_that_looks_complete(tmp_path):
+    """A process killed mid-write leaves only a scratch file: the final name never exists half-written."""
+    import subprocess
+    import sys
+
+    code = f"""
+import os, numpy as np
+from scfdata.h5io import StreamWriter
+from scfdata.columns import Columns
+w = StreamWriter({str(tmp_path / "out.h5")!r})
+w.append(Columns(n_atoms=np.array([2, 1]), atoms={{"forces": np.zeros((3, 3))}},
+                 masks={{"forces": np.ones(2, bool)}}))
+os._exit(9)   # killed before close()
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 9, r.stderr
+    assert not (tmp_path / "out.h5").exists()
+    with pytest.raises(FormatError, match="no such file"):
+        ScfdataFile(tmp_path / "out.h5")

@@ -237,6 +237,47 @@ def _copy_contiguous(src, dst_group, name: str, block: int = 1 << 20) -> None:
         ds[s : s + step] = src[s : s + step]
 
 
+class _Shard:
+    """One shard of an assembly: its files, the configs that go out, and which file holds each array.
+
+    Built from the files' metadata only (pointers, dtypes, shapes); the files are closed again, so an
+    assembly of many shards holds one shard's files open at a time.
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike], rows: np.ndarray | None):
+        self.paths = [Path(p) for p in paths]
+        files = [ScfdataFile(p) for p in self.paths]
+        try:
+            base = files[0]
+            mol = next((f for f in files if f.n_molecules > 0), base)
+            for f in files[1:]:
+                if not np.array_equal(f.atom_ptr, base.atom_ptr):
+                    raise FormatError(f"{f.path}: its configs do not match {base.path} (atom_ptr differs)")
+                if f.n_molecules > 0 and not np.array_equal(f.molecule_ptr, mol.molecule_ptr):
+                    raise FormatError(f"{f.path}: molecule_ptr differs from {mol.path}")
+            self.rows = np.arange(base.n_configs) if rows is None else np.asarray(rows, dtype=np.int64)
+            self.atom_ptr, self.molecule_ptr = base.atom_ptr, mol.molecule_ptr
+            self.source: dict[str, int] = {}  # group/name -> index of the file that holds it
+            self.layout: dict[str, tuple[np.dtype, tuple]] = {}
+            self.derived_by: dict[str, dict] = {}
+            for i, f in enumerate(files):  # a later file (a derived fragment) wins over an earlier one
+                for key in f.datasets():
+                    self.source[key] = i
+                    self.layout[key] = (f._h5[key].dtype, f._h5[key].shape[1:])
+                self.derived_by.update(f.derived_by())
+        finally:
+            for f in files:
+                f.close()
+
+    @property
+    def n_atoms(self) -> np.ndarray:
+        return np.diff(self.atom_ptr)[self.rows]
+
+    @property
+    def n_molecules(self) -> np.ndarray:
+        return np.diff(self.molecule_ptr)[self.rows]
+
+
 def assemble(
     out_path: str | os.PathLike,
     shards: Sequence[Sequence[str | os.PathLike]],
@@ -248,45 +289,35 @@ def assemble(
     """Merge shard files into one contiguous file, selecting ``rows[k]`` configs of shard ``k``.
 
     Each shard is a list of files describing the same configs (the ingested base and the derived
-    fragments); their fields are unioned. Memory holds one shard's field at a time.
+    fragments); their fields are unioned. The output's datasets are created at their final size, then
+    filled shard by shard: memory holds one shard's arrays at a time, whatever the number of shards.
     """
     out_path = Path(out_path)
     rows = list(rows) if rows is not None else [None] * len(shards)
-    opened = [[ScfdataFile(p) for p in files] for files in shards]
+    plan = [_Shard(files, r) for files, r in zip(shards, rows, strict=True)]
+    keys = sorted(plan[0].source) if plan else []
+    layout: dict[str, tuple[np.dtype, tuple]] = {}
+    derived_by: dict[str, dict] = {}
+    for k, sh in enumerate(plan):
+        if sorted(sh.source) != keys:
+            raise FormatError(f"shard {k} holds fields {sorted(sh.source)}, shard 0 holds {keys}: "
+                              "every shard must be derived with the same targets")
+        derived_by.update(sh.derived_by)
+        for key, (dtype, shape) in sh.layout.items():
+            if key not in layout:
+                layout[key] = (dtype, shape)
+                continue
+            if shape != layout[key][1]:
+                raise FormatError(f"{key}: per-item shape {shape} in shard {k}, {layout[key][1]} in shard 0")
+            if dtype.kind == "S" and dtype.itemsize > layout[key][0].itemsize:
+                layout[key] = (dtype, shape)  # fixed-length strings: the widest shard's width
+    n_atoms = np.concatenate([sh.n_atoms for sh in plan]) if plan else np.zeros(0, np.int64)
+    n_mol = np.concatenate([sh.n_molecules for sh in plan]) if plan else np.zeros(0, np.int64)
+    sizes = {"configs": len(n_atoms), "atoms": int(n_atoms.sum()), "molecules": int(n_mol.sum()),
+             "masks": len(n_atoms)}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(out_path)
     try:
-        plan = []  # per shard: (rows, atom_idx, mol_idx, {group/name: file})
-        n_atoms_list, n_mol_list = [], []
-        derived_by: dict[str, dict] = {}
-        for k, files in enumerate(opened):
-            base = files[0]
-            r = np.arange(base.n_configs) if rows[k] is None else np.asarray(rows[k], dtype=np.int64)
-            mol_file = next((f for f in files if f.n_molecules > 0), base)
-            for f in files[1:]:
-                if not np.array_equal(f.atom_ptr, base.atom_ptr):
-                    raise FormatError(f"{f.path}: its configs do not match {base.path} (atom_ptr differs)")
-                if f.n_molecules > 0 and not np.array_equal(f.molecule_ptr, mol_file.molecule_ptr):
-                    raise FormatError(f"{f.path}: molecule_ptr differs from {mol_file.path}")
-            source: dict[str, ScfdataFile] = {}
-            for f in files:  # a later file (a derived fragment) wins over an earlier one
-                for key in f.datasets():
-                    source[key] = f
-                derived_by.update(f.derived_by())
-            plan.append((r, ranges_index(base.atom_ptr, r), ranges_index(mol_file.molecule_ptr, r), source))
-            n_atoms_list.append(np.diff(base.atom_ptr)[r])
-            n_mol_list.append(np.diff(mol_file.molecule_ptr)[r])
-        keys = list(plan[0][3]) if plan else []
-        for k, p in enumerate(plan):
-            if sorted(p[3]) != sorted(keys):
-                raise FormatError(
-                    f"shard {k} holds fields {sorted(p[3])}, shard 0 holds {sorted(keys)}: "
-                    "every shard must be derived with the same targets"
-                )
-        n_atoms = np.concatenate(n_atoms_list) if n_atoms_list else np.zeros(0, np.int64)
-        n_mol = np.concatenate(n_mol_list) if n_mol_list else np.zeros(0, np.int64)
-        sizes = {"configs": len(n_atoms), "atoms": int(n_atoms.sum()), "molecules": int(n_mol.sum()),
-                 "masks": len(n_atoms)}
-        tmp = _tmp_name(out_path)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
         with h5py.File(tmp, "w") as out:
             _root_attrs(out, provenance)
             for group in sizes:
@@ -295,35 +326,32 @@ def assemble(
             out["configs"].create_dataset("molecule_ptr", data=ptr_from_counts(n_mol))
             for key in keys:
                 group, name = key.split("/")
-                idx_of = {"configs": 0, "masks": 0, "atoms": 1, "molecules": 2}[group]
-                srcs = [(p[3][key].raw(group, name), p[idx_of]) for p in plan]
-                if any(src.dtype.kind in "US" for src, _ in srcs):
-                    # strings (config types, formulae): short, gathered then written in one go
-                    data = np.concatenate([np.asarray(src)[idx] for src, idx in srcs])
-                    ds = out[group].create_dataset(name, data=_to_disk(data))
-                else:
-                    # numbers: each shard's rows written straight into the final contiguous dataset
-                    first = srcs[0][0]
-                    ds = out[group].create_dataset(name, shape=(sizes[group],) + first.shape[1:], dtype=first.dtype)
-                    at = 0
-                    for src, idx in srcs:
-                        if src.shape[1:] != first.shape[1:]:
-                            raise FormatError(f"{key}: per-item shape {src.shape[1:]} in one shard, "
-                                              f"{first.shape[1:]} in another")
-                        if len(idx):
-                            ds[at : at + len(idx)] = np.asarray(src)[idx]
-                        at += len(idx)
-                    if at != sizes[group]:
-                        raise FormatError(f"{key}: assembled {at} rows, expected {sizes[group]}")
+                dtype, shape = layout[key]
+                ds = out[group].create_dataset(name, shape=(sizes[group], *shape), dtype=dtype)
                 if group != "masks":
                     ds.attrs.update(_field_attrs(name, derived_by))
+            at = dict.fromkeys(sizes, 0)
+            for sh in plan:
+                idx = {"configs": sh.rows, "masks": sh.rows, "atoms": ranges_index(sh.atom_ptr, sh.rows),
+                       "molecules": ranges_index(sh.molecule_ptr, sh.rows)}
+                files = [ScfdataFile(p) for p in sh.paths]
+                try:
+                    for key in keys:
+                        group, name = key.split("/")
+                        n = len(idx[group])
+                        if n:
+                            f = files[sh.source[key]]
+                            src = f._h5[key][()] if layout[key][0].kind == "S" else f.raw(group, name)
+                            out[key][at[group] : at[group] + n] = np.asarray(src)[idx[group]]
+                finally:
+                    for f in files:
+                        f.close()
+                for group in at:
+                    at[group] += len(idx[group])
             _write_rejects(out, rejects)
         os.replace(tmp, out_path)
     finally:
-        for files in opened:
-            for f in files:
-                f.close()
-        if "tmp" in locals() and tmp.exists():
+        if tmp.exists():
             tmp.unlink()
     return out_path
 

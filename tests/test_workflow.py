@@ -223,3 +223,35 @@ def test_shard_count_does_not_change_the_arrays(run, tmp_path):
                 group, name = key.split("/")
                 np.testing.assert_array_equal(np.asarray(a.raw(group, name)), np.asarray(b.raw(group, name)),
                                               err_msg=key)
+
+
+def _same_arrays(dir_a: Path, dir_b: Path, splits=("train", "valid", "test")) -> None:
+    for split in splits:
+        with ScfdataFile(dir_a / f"{split}.h5") as a, ScfdataFile(dir_b / f"{split}.h5") as b:
+            assert sorted(a.datasets()) == sorted(b.datasets())
+            for key in a.datasets():
+                group, name = key.split("/")
+                np.testing.assert_array_equal(np.asarray(a.raw(group, name)), np.asarray(b.raw(group, name)),
+                                              err_msg=f"{split}: {key}")
+
+
+def test_killed_run_resumes_with_rerun_incomplete_to_the_same_arrays(run, tmp_path):
+    """SIGKILL the whole run (Snakemake and its jobs) once the first shard is ingested, then resume."""
+    import os
+    import signal
+    import time
+
+    work, cfg, _ = run
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(tmp_path),
+           "results/w/manifest.json", "--cores", "2", "--configfile", str(cfg)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "results" / "w").glob("**/base.h5")) and time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "results" / "w" / "manifest.json").exists(), "killed too late: nothing to resume"
+    _snakemake(tmp_path, "--unlock", "--configfile", str(cfg))  # a SIGKILLed run leaves its lock behind
+    _snakemake(tmp_path, "results/w/manifest.json", "--cores", "2", "--rerun-incomplete", "--configfile", str(cfg))
+    _same_arrays(work / "results" / "w", tmp_path / "results" / "w")

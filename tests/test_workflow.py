@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ase.io
 import numpy as np
 import pytest
 import yaml
@@ -255,3 +256,41 @@ def test_killed_run_resumes_with_rerun_incomplete_to_the_same_arrays(run, tmp_pa
     _snakemake(tmp_path, "--unlock", "--configfile", str(cfg))  # a SIGKILLed run leaves its lock behind
     _snakemake(tmp_path, "results/w/manifest.json", "--cores", "2", "--rerun-incomplete", "--configfile", str(cfg))
     _same_arrays(work / "results" / "w", tmp_path / "results" / "w")
+
+
+def test_real_mace_scf_files_through_the_whole_workflow(tmp_path):
+    """MACE_SCF's own data files and training config, unchanged: FHI-aims water clusters (l <= 2) and its
+    mixed cluster/slab/bulk test configs, every target on; then `scfdata check` reads the same config."""
+    from test_mace_scf_compat import FIXTURE_CONFIG, WATER_CONFIG
+
+    data = REPO / "tests" / "data"
+    water_cfg = _write(tmp_path / "water_mace_scf.yaml", WATER_CONFIG)
+    mixed_cfg = _write(tmp_path / "mixed_mace_scf.yaml", FIXTURE_CONFIG)
+    ref = _reference()
+    ref["esps"] = {"enabled": _available("esps"), "max_l": 2}
+    cfg = {"shards": 1, "reference": ref, "datasets": {
+        "aims": {"inputs": [str(data / "mace_scf_water_clusters_40.xyz")], "keys_from": str(water_cfg)},
+        "mixed": {"inputs": [str(data / "mace_scf_mixed_test_configs.xyz")], "keys_from": str(mixed_cfg),
+                  "validation": {"max_volume_per_atom": None}},  # MACE_SCF's sparse test boxes
+    }}
+    proc = _snakemake(tmp_path, "--cores", "2", "--configfile", str(_write(tmp_path / "cfg.yaml", cfg)))
+    n_mixed = len(ase.io.read(data / "mace_scf_mixed_test_configs.xyz", ":"))
+    assert "dataset aims: configs in 40 / written 40 / rejected 0" in proc.stdout
+    assert f"dataset mixed: configs in {n_mixed} / written {n_mixed} / rejected 0" in proc.stdout
+    with ScfdataFile(tmp_path / "results" / "aims" / "train.h5") as f:
+        b = f.read_batch(np.arange(f.n_configs))
+        assert b["atomic_multipoles"].shape[1] == 9
+        # the multipole order on real data: Σ Q r + Σ d reproduces FHI-aims' dipole to its last digit
+        assert np.abs(b["dipole_from_multipoles"] - b["dipole"]).max() < 2e-7
+        if _available("esps"):
+            assert f.coverage("esps") == 40 and np.all(np.isfinite(b["esps"]))
+        if _available("molecules"):  # water, hydronium and hydroxide: one molecule per oxygen
+            n_oxygen = np.add.reduceat(b["numbers"] == 8, f.atom_ptr[:-1])
+            assert np.array_equal(np.diff(f.raw("configs", "molecule_ptr")), n_oxygen)
+    with ScfdataFile(tmp_path / "results" / "mixed" / "train.h5") as f:
+        assert f.n_configs == n_mixed
+        if _available("esps"):  # clusters, slabs and bulk: every boundary class gets an ESP
+            assert f.coverage("esps") == n_mixed
+    check = subprocess.run([sys.executable, "-m", "scfdata.cli", "check", str(water_cfg),
+                            str(tmp_path / "results" / "aims" / "train.h5")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -101,3 +101,88 @@ def test_molecular_targets_conserve_force_and_mask_where_meaningless(example_bas
             assert w[k] == pytest.approx(expect, rel=1e-10, abs=1e-12)
             own = centre[m.molecule_ptr[k]:m.molecule_ptr[k + 1]]
             np.testing.assert_allclose(own[ids[0]], pos[s][ids == ids[0]].mean(0))
+
+
+# ------------------------------------------------------------------ preset: mace_scf (graph-longrange)
+def derive_as(base, name, target, settings):
+    """`scfdata derive` into <name>.h5 next to base (several settings of one target side by side)."""
+    out = base.with_name(f"{name}.h5")
+    assert main(["derive", target, str(base), "--settings", json.dumps(settings), "-o", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def graph_longrange():
+    import torch
+
+    torch.serialization.add_safe_globals([slice])  # e3nn 0.4.4 under torch >= 2.6
+    return pytest.importorskip("graph_longrange.features")
+
+
+def test_esps_preset_mace_scf_is_graph_longranges_esp(example_base, graph_longrange):
+    from scfdata.reference.mace_scf_preset import coulomb_constant, mace_scf_esps
+
+    # the settings as the workflow passes them (schema defaults filled in; the preset overrides them)
+    out = derive_as(example_base, "preset", "esps", {"preset": "mace_scf", "smearing_width": 0.0, "max_l": 1,
+                                                     "boundary": "auto", "self_interaction": "exclude",
+                                                     "tolerance": 1e-6})
+    explicit = derive_as(example_base, "explicit", "esps", {"smearing_width": 1.5, "self_interaction": "include"})
+    fields = derive_as(example_base, "preset_fields", "fields", {"preset": "mace_scf"})
+    with ScfdataFile(example_base) as b, ScfdataFile(out) as f, ScfdataFile(explicit) as x, \
+            ScfdataFile(fields) as e:
+        by = f.field_attrs("esps")["derived_by"]
+        assert by["preset"] == "mace_scf" and by["engine"] == "graph-longrange 0.4.4"
+        assert (by["smearing_width"], by["self_interaction"], by["max_l"]) == (1.5, "include", 0)  # charges only
+        assert by["kspace_cutoff"] >= 6 / 1.5
+        esps, mask = f.read("esps"), f.mask("esps")
+        assert mask.all()
+        # the stored target is graph-longrange's ESP for the stored charges, config by config
+        ptr, pbc = b.atom_ptr, b.read("pbc")
+        v, _ = mace_scf_esps(b.read("positions"), b.read("charges"), ptr, b.read("cell"), pbc,
+                             kspace_cutoff=by["kspace_cutoff"])
+        np.testing.assert_allclose(esps, v, rtol=0, atol=1e-12)
+        # 3D periodic (NaCl): the same convention as scfdata's own engine with sigma 1.5, self included
+        bulk = np.repeat(pbc.all(1), np.diff(ptr))
+        assert bulk.any()
+        np.testing.assert_allclose(esps[bulk] * K_E / coulomb_constant(), x.read("esps")[bulk], rtol=0, atol=1e-6)
+        assert e.field_attrs("fields")["derived_by"]["preset"] == "mace_scf" and e.mask("fields").all()
+    fx = derive_as(example_base, "explicit_fields", "fields", {"smearing_width": 1.5, "self_interaction": "include"})
+    with ScfdataFile(fields) as e, ScfdataFile(fx) as ex:
+        np.testing.assert_allclose(e.read("fields")[bulk] * K_E / coulomb_constant(), ex.read("fields")[bulk],
+                                   rtol=0, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:config .* carries a net charge")
+def test_esps_preset_on_mace_scf_clusters_adds_the_external_field(tmp_path, mace_scf_keys, water_fixture,
+                                                                  graph_longrange):
+    from scfdata.reference.mace_scf_preset import coulomb_constant
+
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(json.dumps(mace_scf_keys))
+    base = tmp_path / "base.h5"
+    assert main(["ingest", str(water_fixture), "--keys", str(keys), "-o", str(base)]) == 0
+    out = derive_as(base, "preset", "esps", {"preset": "mace_scf"})
+    # the clusters sit in 40 Å boxes: MACE_SCF's ESP is the periodic one in that box (scfdata: boundary pbc)
+    explicit = derive_as(base, "explicit", "esps", {"smearing_width": 1.5, "self_interaction": "include",
+                                                    "boundary": "pbc"})
+    with ScfdataFile(base) as b, ScfdataFile(out) as f, ScfdataFile(explicit) as x:
+        by = f.field_attrs("esps")["derived_by"]
+        assert by["max_l"] == 1 and by["external_field"] == "+E·r"  # l = 2 data: MACE_SCF uses l <= 1
+        assert f.provenance["notes"]["configs with an external field (added as +E·r, MACE_SCF's convention)"] == 40
+        e_dot_r = (np.repeat(b.read("external_field"), np.diff(b.atom_ptr), axis=0) * b.read("positions")).sum(1)
+        assert np.abs(e_dot_r).max() > 0.1
+        np.testing.assert_allclose((f.read("esps") - e_dot_r) * K_E / coulomb_constant(), x.read("esps"),
+                                   rtol=0, atol=1e-6)  # measured 1.3e-8 V, charged clusters included
+
+
+@pytest.mark.parametrize("settings, msg", [
+    ({"preset": "mace_scf", "max_l": 2}, "up to l = 1"),
+    ({"preset": "mace_scf", "boundary": "pbc"}, "own boundary handling"),
+    ({"preset": "mace_scf", "kspace": 3.0}, "unknown key"),
+    ({"preset": "mace"}, "Must be 'mace_scf'"),
+    ({"kspace_cutoff": 4.0}, "preset: mace_scf only"),
+])
+def test_esps_preset_bad_settings_are_clear_errors(example_base, settings, msg, capsys):
+    out = example_base.with_name("bad.h5")
+    assert main(["derive", "esps", str(example_base), "--settings", json.dumps(settings), "-o", str(out)]) == 1
+    assert msg in capsys.readouterr().err

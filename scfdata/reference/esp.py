@@ -13,8 +13,10 @@ Gauges (zero of potential): realspace -> 0 at infinity; pbc -> the cell average 
 charges plus a uniform neutralising background is 0 (tin-foil, k=0 term dropped); slab -> see
 :mod:`~scfdata.reference.slab` (mean of the two far-vacuum levels is 0 for a neutral slab).
 
-Inputs may be numpy arrays or torch tensors (converted at the boundary; outputs then are tensors of the
-input's dtype and device). The computation itself runs in numpy on the CPU.
+Inputs may be numpy arrays or torch tensors; outputs follow the positions (tensors of their dtype and
+device). When every config is open-boundary, torch inputs stay on their device through the torch
+realspace engine (a GPU when they are there); periodic and slab sums run in numpy on the CPU (torch
+inputs are copied there and the results copied back).
 Not supported: per-atom widths, l > 2, mixed pbc such as TFF or FTT (ValueError), slabs whose periodic
 cell vectors are not the first two.
 """
@@ -115,17 +117,18 @@ def compute_esps(
     esps (n_atoms,), fields (n_atoms, 3) or None.
     """
     torch_like = positions if hasattr(positions, "detach") else None
-    pos = _to_numpy(positions)
-    mp = _to_numpy(multipoles)
+    if torch_like is None:
+        positions = np.asarray(positions, dtype=float)
+    if not hasattr(multipoles, "detach"):
+        multipoles = np.asarray(multipoles, dtype=float)
     ptr_np = _to_numpy(ptr, dtype=np.int64).reshape(-1)
     pbc_np = _to_numpy(pbc, dtype=bool).reshape(-1, 3)
     n_cfg = ptr_np.shape[0] - 1
     cells_np = np.zeros((n_cfg, 3, 3)) if cells is None else _to_numpy(cells).reshape(-1, 3, 3)
-    if pos.ndim != 2 or pos.shape[1] != 3:
-        raise ValueError(f"`positions` must have shape [n_atoms, 3], got shape {list(pos.shape)}")
-    n = pos.shape[0]
-    if mp.ndim == 1:
-        mp = mp[:, None]
+    if positions.ndim != 2 or positions.shape[1] != 3:
+        raise ValueError(f"`positions` must have shape [n_atoms, 3], got shape {list(positions.shape)}")
+    n = positions.shape[0]
+    mp = multipoles[:, None] if multipoles.ndim == 1 else multipoles
     if mp.shape[0] != n:
         raise ValueError(f"`multipoles` must have {n} rows (one per atom), got shape {list(mp.shape)}")
     if ptr_np[0] != 0 or ptr_np[-1] != n or np.any(np.diff(ptr_np) < 0):
@@ -150,16 +153,21 @@ def compute_esps(
         )
     if not tolerance > 0:
         raise ValueError(f"tolerance must be > 0 (volts), got {tolerance}")
-    q, p, t = multipoles_to_cartesian(mp[:, : (max_l + 1) ** 2] if mp.shape[1] > 1 else mp, max_l)
-
+    mp = mp[:, : (max_l + 1) ** 2] if mp.shape[1] > 1 else mp
     classes = boundary_classes(pbc_np, boundary)
+    opts = dict(smearing_width=float(smearing_width), self_interaction=self_interaction, with_fields=with_fields)
+    open_cfg = np.flatnonzero((classes == "realspace") | (classes == "molecule_in_box"))
+    if torch_like is not None and open_cfg.size == n_cfg:
+        # open boundaries only: the realspace engine runs in torch, on the input's device (a GPU when there)
+        return realspace_potential_field(positions, *multipoles_to_cartesian(mp, max_l), ptr_np, **opts)
+
+    pos, mp = _to_numpy(positions), _to_numpy(mp)
+    q, p, t = multipoles_to_cartesian(mp, max_l)
     esps = np.zeros(n)
     fields = np.zeros((n, 3)) if with_fields else None
-    opts = dict(smearing_width=float(smearing_width), self_interaction=self_interaction, with_fields=with_fields)
-
-    open_cfg = np.flatnonzero((classes == "realspace") | (classes == "molecule_in_box"))
     if open_cfg.size:
-        idx, sub_ptr = _atoms_of(ptr_np, open_cfg)
+        # all configs open: no gather/scatter
+        idx, sub_ptr = (slice(None), ptr_np) if open_cfg.size == n_cfg else _atoms_of(ptr_np, open_cfg)
         v, e = realspace_potential_field(
             pos[idx], q[idx], None if p is None else p[idx], None if t is None else t[idx], sub_ptr, **opts
         )

@@ -1,27 +1,33 @@
 """Open-boundary electrostatics: exact direct sum of potentials and fields at atoms, batched over configs.
 
-Each atom carries a charge q, a Cartesian dipole p and a traceless Cartesian quadrupole Θ
-(``Θ = ∫ρ (3rr − r²I)/2``; see :mod:`scfdata.reference.multipoles`). For a source at the origin the
-potential at r is (in units of k_e)::
+Multipoles, kernels and the potential of one source: :mod:`scfdata.reference.multipole_kernels`
+(q, Cartesian p, traceless Θ; point (σ = 0) or Gaussian (σ > 0); fields E = −∇V, V/Å).
 
-    V(r) = q f(r) − p·∇f(r) + (1/3) Θ:∇∇f(r)
+Engine. The computation runs in torch: numpy inputs are wrapped without a copy (``torch.from_numpy``) and
+the results handed back as numpy arrays; torch inputs stay on their device (a GPU when they are there) and
+the results are tensors of the positions' dtype and device (computed in float64 whatever the input
+dtype). Configs are concatenated with an atom pointer ``ptr``; interactions stay inside a config.
 
-with ``f = 1/r`` for point multipoles (σ = 0) and ``f = erf(r/(√2σ))/r`` for the Gaussian-type-orbital
-multipoles of MACE_SCF (σ > 0; each basis function carries one unit of its multipole: the smeared
-l-pole density is the same differential operator applied to a normalised Gaussian). Derivatives of a
-radial function are written with ``g_0 = f``, ``g_{n+1} = (1/r) dg_n/dr``, so that
-``∂_a f = r_a g_1``, ``∂_a∂_b f = δ_ab g_1 + r_a r_b g_2``, ``∂_a∂_b∂_c f = (δ r)_sym g_2 + r_a r_b r_c g_3``.
-Fields are ``E = −∇V`` at the receiving atom (V/Å).
-
-Configs are concatenated with an atom pointer ``ptr``; interactions stay inside a config. The pair list
-of all intra-config pairs is generated in chunks of receivers (``np.repeat`` arithmetic, no loop per
-config), so memory stays bounded (``max_pairs`` pairs per chunk) for thousands of atoms per config and
-for many small molecules alike.
+* Small configs (2 … ``_DENSE_MAX_ATOMS`` atoms) are padded to a few bucket sizes (a multiple of
+  ``_BUCKET_STEP``; padding atoms carry nothing and sit far away) and evaluated as dense (G, m, m)
+  blocks of the radial kernels g_n (distances from coordinate differences, ``torch.cdist``), in
+  cache-sized chunks of ``_CHUNK_ELEMENTS`` matrix entries. The sums over sources are batched matrix
+  products: with r_ij = x_i − x_j (x centred per config) every term is a polynomial in x_i times
+  ``Σ_j g_n(r_ij) c_j`` with per-source columns c_j, e.g. for dipoles
+  ``Σ_j (p_j·r_ij) g_1 = x_i·(G_1 p)_i − (G_1 s)_i`` with ``s_j = p_j·x_j``; quadrupoles and fields
+  likewise (:func:`_column_layout`, :func:`_contract`). Per-atom data live in "planes" (component, config,
+  slot), so that every elementwise operation runs over whole contiguous planes. Memory is bounded by
+  ``_BLOCK_SLOTS`` atom slots of source planes and ``_CHUNK_ELEMENTS`` kernel entries at a time. The
+  expansion costs ~(R/d)^nmax ulps (R config radius, d closest pair); for quadrupoles or fields with dipoles
+  a config whose R/d exceeds ``_EXPANSION_RATIO``^(1/nmax) is evaluated by the pair list instead.
+* Larger configs use a flat list of all intra-config pairs generated in chunks of receivers
+  (``max_pairs`` pairs per chunk, so memory stays bounded for thousands of atoms per config).
 
 Self term: ``self_interaction="exclude"`` leaves out atom i's own density; ``"include"`` (σ > 0 only)
 adds its value at the centre: potential ``k_e q √(2/π)/σ`` (dipole and quadrupole give 0 there) and
 field ``−k_e p (4β³/(3√π))``, β = 1/(√2σ), for the atom's own smeared dipole.
-Not supported: l > 2, distinct widths per atom or per l.
+Not supported: l > 2, distinct widths per atom or per l, gradients through the engine (use the result as
+a target; autograd through the bucketed path is not tested).
 """
 
 from __future__ import annotations
@@ -29,121 +35,297 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.special import erfc
+import torch
 
 from scfdata.constants import K_E
+from scfdata.reference.multipole_kernels import (
+    accumulate,
+    g_coulomb,
+    g_erf,
+    is_torch,
+    nmax_needed,
+    pair_potential_field,
+    self_terms,
+)
 
-SQRT_PI = math.sqrt(math.pi)
-#: Configs with at most this many atoms are evaluated as dense (G, n, n) blocks grouped by size.
+#: Configs with at most this many atoms are evaluated as dense padded (G, m, m) blocks.
 _DENSE_MAX_ATOMS = 64
+#: Dense block sizes m are the config sizes rounded up to a multiple of this (few groups, little padding).
+_BUCKET_STEP = 4
+#: Matrix entries (G·m·m) per dense chunk: ~2 MB per float64 array, so each pass stays in cache.
+_CHUNK_ELEMENTS = 1 << 18
+#: Configs per plane block are limited to this many atom slots (bounds the memory of the source planes).
+_BLOCK_SLOTS = 1 << 17
+#: The dense path expands r_ij = x_i − x_j about the config's centroid, which costs ~(R/d)^nmax ulps of the
+#: largest pair term (R: config radius, d: closest pair, nmax: highest radial order). For nmax >= 2
+#: (quadrupoles, or fields with dipoles) configs with R/d above this^(1/nmax) go to the pair list instead
+#: (exact to rounding); for nmax = 1 the loss, R/d ulps, stays below 1e-6 V unless atoms are < ~1e-3 Å apart.
+_EXPANSION_RATIO = 4.0e3
+#: Padding atoms sit on the z axis this far apart (Å), beyond every real atom: never on top of an atom.
+_PAD_SPACING = 1.0e3
 
-# ----------------------------------------------------------------------------- radial kernels
+# ----------------------------------------------------------------------------- dense padded buckets
 
-
-def g_coulomb(r: np.ndarray, nmax: int) -> list[np.ndarray]:
-    """g_n, n = 0..nmax, of f = 1/r: g_n = (−1)^n (2n−1)!! / r^(2n+1)."""
-    inv_r2 = 1.0 / (r * r)
-    out = [1.0 / r]
-    for n in range(1, nmax + 1):
-        out.append(-(2 * n - 1) * out[-1] * inv_r2)
-    return out
-
-
-def g_erfc(r: np.ndarray, a: float, nmax: int) -> list[np.ndarray]:
-    """g_n of f = erfc(a r)/r, by the (stable, all-positive) upward recursion for B_n = (−1)^n g_n."""
-    inv_r2 = 1.0 / (r * r)
-    expo = np.exp(-(a * r) ** 2) / (a * SQRT_PI)
-    b = erfc(a * r) / r
-    out = [b]
-    pref = 1.0
-    for n in range(1, nmax + 1):
-        pref *= 2.0 * a * a
-        b = ((2 * n - 1) * b + pref * expo) * inv_r2
-        out.append(b if n % 2 == 0 else -b)
-    return out
+_SYM = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))  # the 6 independent entries of a symmetric 3x3
+_SYM_WEIGHT = (1.0, 1.0, 1.0, 2.0, 2.0, 2.0)  # Σ_ab x_a x_b T_ab = Σ_k w_k x_a x_b T_k
 
 
-def g_erf_at_zero(a: float, n: int) -> float:
-    """g_n(0) of f = erf(a r)/r: (2a/√π)(−2a²)^n/(2n+1)."""
-    return 2.0 * a / SQRT_PI * (-2.0 * a * a) ** n / (2 * n + 1)
+#: Source columns: name -> number of planes. Quadrupoles Θ are stored by their 6 entries in ``_SYM`` order.
+_COLUMN_SIZES = {"q": 1, "p": 3, "s": 1, "t": 6, "tx": 3, "xtx": 1, "qx": 3, "xp": 9, "sx": 3, "xt": 18,
+                 "xtxv": 9, "xtxx": 3}
 
 
-def g_erf(r: np.ndarray, a: float, nmax: int) -> list[np.ndarray]:
-    """g_n of f = erf(a r)/r; a Taylor series below a·r = 0.5, 1/r − erfc(a r)/r above (no cancellation)."""
-    x = (a * r) ** 2
-    small = x < 0.25
-    out = [np.empty_like(r) for _ in range(nmax + 1)]
-    if np.any(~small):
-        rl = r[~small]
-        gc, ge = g_coulomb(rl, nmax), g_erfc(rl, a, nmax)
-        for n in range(nmax + 1):
-            out[n][~small] = gc[n] - ge[n]
-    if np.any(small):
-        xs = x[small]
-        for n in range(nmax + 1):
-            # g_n = (2a/√π)(−2a²)^n Σ_j (−x)^j / (j! (2j+2n+1)),   x = a²r² < 1/4
-            acc = np.zeros_like(xs)
-            term = np.ones_like(xs)
-            for j in range(16):
-                acc += term / (2 * j + 2 * n + 1)
-                term = term * (-xs) / (j + 1)
-            out[n][small] = 2.0 * a / SQRT_PI * (-2.0 * a * a) ** n * acc
-    return out
+def _column_layout(have_p: bool, have_t: bool, with_fields: bool):
+    """Which source columns c_j each radial order n needs, and where they sit in the bucket planes.
 
-
-# ----------------------------------------------------------------------------- pair kernel
-
-
-def pair_potential_field(rvec, g, q, p=None, t=None, with_fields=False):
-    """Potential (P,) and field (P, 3) at r_i from sources at r_j, rvec = r_i − r_j, in units of k_e.
-
-    ``g`` is the list [g_0, g_1, g_2, g_3] (as far as needed) of the radial kernel at |rvec|;
-    q (P,), p (P, 3) or None, t (P, 3, 3) traceless or None.
+    Returns ({n: (lo, hi, {name: offset from lo})}, number of planes); planes 0..2 are the coordinates.
+    ``(G_n c)_i = Σ_j g_n(r_ij) c_j``; the receiver-side polynomials multiplying them are in
+    :func:`_contract`.
     """
-    v = q * g[0]
-    e = None
+    names = {0: ["q"], 1: [], 2: [], 3: []}
+    if have_p:
+        names[1] += ["p", "s"]  # s = p·x
+    if have_t:
+        names[2] += ["t", "tx", "xtx"]  # Θx, xΘx
     if with_fields:
-        e = -(q * g[1])[:, None] * rvec
-    if p is not None:
-        pr = np.einsum("pa,pa->p", p, rvec)
-        v -= pr * g[1]
-        if with_fields:
-            e += p * g[1][:, None] + (pr * g[2])[:, None] * rvec
+        names[1] += ["q", "qx"]
+        if have_p:
+            names[2] += ["p", "s", "xp", "sx"]  # xp[3a+b] = x_a p_b
+        if have_t:
+            names[3] += ["t", "tx", "xtx", "xt", "xtxv", "xtxx"]  # xt[6c+k] = x_c Θ_k, xtxv[3c+a] = x_c (Θx)_a
+    layout, col = {}, 3
+    for order, nm in names.items():
+        if nm:
+            lo, offsets = col, {}
+            for name in nm:
+                offsets[name] = col - lo
+                col += _COLUMN_SIZES[name]
+            layout[order] = (lo, col, offsets)
+    return layout, col
+
+
+def _fill_source_columns(planes, layout, q, p, t, beta):
+    """Write the source columns of ``layout`` into ``planes`` (C, G, m), whose planes 0..2 hold x.
+
+    q (G, m), p (3, G, m) or None, t (6, G, m) or None. Each order's columns carry the factor of
+    :func:`_radial_scale`.
+    """
+    x = planes[0:3]
+
+    def dot(u, w):
+        out = u[0] * w[0]
+        return out.addcmul_(u[1], w[1]).addcmul_(u[2], w[2])
+
+    def theta_x():
+        return torch.stack([sum(t[_SYM.index((min(a, b), max(a, b)))] * x[b] for b in range(3)) for a in range(3)])
+
+    recipes = {
+        "q": lambda: q[None],
+        "p": lambda: p,
+        "s": lambda: dot(p, x)[None],
+        "t": lambda: t,
+        "tx": theta_x,
+        "xtx": lambda: dot(value("tx"), x)[None],
+        "qx": lambda: q[None] * x,
+        "xp": lambda: (x[:, None] * p[None, :]).flatten(0, 1),
+        "sx": lambda: value("s") * x,
+        "xt": lambda: (x[:, None] * t[None, :]).flatten(0, 1),
+        "xtxv": lambda: (x[:, None] * value("tx")[None, :]).flatten(0, 1),
+        "xtxx": lambda: value("xtx") * x,
+    }
+    cache = {}
+
+    def value(name):
+        if name not in cache:
+            cache[name] = recipes[name]()
+        return cache[name]
+
+    for order, (lo, _, offsets) in layout.items():
+        scale = _radial_scale(beta, order)
+        for name, off in offsets.items():
+            torch.mul(value(name), scale, out=planes[lo + off : lo + off + _COLUMN_SIZES[name]])
+
+
+def _contract(x, a, have_p, have_t, with_fields):
+    """Potential (G, m) and field (G, 3, m) at the receivers from ``a(n, name)`` = (G_n c_name)_i (G, k, m).
+
+    ``x`` (G, 3, m) are the receiver coordinates. Sums over Cartesian components run over axis 1, so every
+    operation works on whole (G, m) planes (torch is slow at reductions over a trailing axis of length 3).
+    """
+    v = a(0, "q")[:, 0] - (x * a(1, "p")).sum(1) + a(1, "s")[:, 0] if have_p else a(0, "q")[:, 0].clone()
+    xx = None
+    if have_t:  # x_a x_b w_ab over the 6 symmetric entries
+        ia, ib = [i for i, _ in _SYM], [j for _, j in _SYM]
+        xx = x[:, ia] * x[:, ib] * x.new_tensor(_SYM_WEIGHT)[:, None]
+        v += ((xx * a(2, "t")).sum(1) - 2.0 * (x * a(2, "tx")).sum(1) + a(2, "xtx")[:, 0]) / 3.0
+    if not with_fields:
+        return v, None
+    g_, _, m = x.shape
+    e = a(1, "qx") - x * a(1, "q")  # −Σ_j q_j g1 r_ij
+    if have_p:  # Σ_j [p_j g1 + (p_j·r_ij) g2 r_ij]
+        w = (x * a(2, "p")).sum(1) - a(2, "s")[:, 0]
+        e += a(1, "p") + x * w[:, None] + a(2, "sx")
+        e -= (a(2, "xp").view(g_, 3, 3, m) * x[:, None]).sum(2)
+    if have_t:  # −(2/3) Σ_j g2 Θ_j r_ij − (1/3) Σ_j g3 (r_ij Θ_j r_ij) r_ij
+        full = [_SYM.index((min(c, b), max(c, b))) for c in range(3) for b in range(3)]
+        theta_x = (a(2, "t")[:, full].view(g_, 3, 3, m) * x[:, None]).sum(2)
+        e -= (2.0 / 3.0) * (theta_x - a(2, "tx"))
+        big_w = (xx * a(3, "t")).sum(1) - 2.0 * (x * a(3, "tx")).sum(1) + a(3, "xtx")[:, 0]
+        u = (
+            (a(3, "xt").view(g_, 3, 6, m) * xx[:, None]).sum(2)
+            - 2.0 * (a(3, "xtxv").view(g_, 3, 3, m) * x[:, None]).sum(2)
+            + a(3, "xtxx")
+        )
+        e -= (x * big_w[:, None] - u) / 3.0
+    return v, e
+
+
+def _bucket_plan(counts: np.ndarray, dense_max: int, step: int):
+    """Group configs of 2 … dense_max atoms by padded size m: list of (m, config indices)."""
+    dense = np.flatnonzero((counts > 1) & (counts <= dense_max))
+    if dense.size == 0:
+        return []
+    m = -(-counts[dense] // step) * step
+    order = np.argsort(m, kind="stable")
+    dense, m = dense[order], m[order]
+    edges = np.flatnonzero(np.diff(m)) + 1
+    return [(int(mm[0]), cc) for mm, cc in zip(np.split(m, edges), np.split(dense, edges))]
+
+
+def _radial_scale(beta, order):
+    """Factor folded into the order-n source columns: Coulomb kernels are evaluated as 1/r^(2n+1)."""
+    if beta is not None:
+        return 1.0
+    return float((-1) ** order * math.prod(range(1, 2 * order, 2)))
+
+
+def _bucket_planes(pos, q, p, t, flat, weight, layout, n_planes, beta):
+    """Column planes (C, G, m) of one bucket: x (3 planes, centred per config), then the source columns.
+
+    ``flat`` (G·m,) atom indices (padding slots point at the padding rows), ``weight`` (G, m) 1/size for
+    real atoms, 0 for padding; ``layout`` from :func:`_column_layout`.
+    """
+    g_, m = weight.shape
+    planes = torch.empty((n_planes, g_, m), dtype=pos.dtype, device=pos.device)
+    xyz = pos.index_select(0, flat).view(g_, m, 3)
+    centre = torch.bmm(weight[:, None, :], xyz)  # (G, 1, 3) centroid of each config
+    torch.sub(xyz.permute(2, 0, 1), centre.permute(2, 0, 1), out=planes[0:3])
+    qg = q.index_select(0, flat).view(g_, m)
+    pg = None if p is None else p.index_select(0, flat).view(g_, m, 3).permute(2, 0, 1)
+    tg = None
     if t is not None:
-        tr = np.einsum("pab,pb->pa", t, rvec)
-        rtr = np.einsum("pa,pa->p", rvec, tr)
-        v += rtr * g[2] / 3.0
+        tt = t.index_select(0, flat).view(g_, m, 3, 3)
+        tg = torch.stack([tt[..., i, j] for i, j in _SYM])
+    _fill_source_columns(planes, layout, qg, pg, tg, beta)
+    return planes
+
+
+def _distances(x):
+    """|x_i − x_j| (G, m, m) from the coordinate planes x (3, G, m) (coordinate differences, no Gram
+    shortcut: exact to rounding), self pairs +inf."""
+    r = torch.cdist(x.permute(1, 2, 0), x.permute(1, 2, 0), compute_mode="donot_use_mm_for_euclid_dist")
+    r.diagonal(dim1=1, dim2=2).fill_(math.inf)
+    return r
+
+
+def _dense_chunk(ch, radius2, layout, beta, nmax, have_p, have_t, with_fields):
+    """Potential (G, m), field (G, 3, m) or None, and the (G,) configs to redo with the pair list, of one
+    chunk of bucket planes ``ch`` (C, G, m); ``radius2`` (G,) is each config's largest |x|²."""
+    r = _distances(ch[0:3])
+    redo = None
+    if nmax > 1:  # the expansion in x_i loses ~(R/d_min)^nmax ulps: close pairs go to the pair list
+        redo = r.amin(dim=(1, 2)) ** 2 * _EXPANSION_RATIO ** (2.0 / nmax) < radius2
+    if beta is None:  # 1/r^(2n+1); the sign and (2n−1)!! are in the source columns
+        g = [r.reciprocal_()]  # a coincident pair gives inf here, and a non-finite result in the end
+        if nmax == 1:
+            g.append(g[0].pow(3))
+        elif nmax > 1:
+            inv_r2 = g[0] * g[0]
+            for _ in range(nmax):
+                g.append(g[-1] * inv_r2)
+    else:
+        zero = r == 0.0
+        if bool(zero.any()):
+            r[zero] = math.nan  # the smeared kernel is finite there: make it non-finite, reported in the end
+        g = g_erf(r, beta, nmax)
+    # (G, K, m) = (G, K, m_src) @ (G, m_src, m_recv): g_n is symmetric in (i, j)
+    prods = {order: torch.bmm(ch[lo:hi].permute(1, 0, 2), g[order]) for order, (lo, hi, _) in layout.items()}
+
+    def a(order, name):
+        off = layout[order][2][name]
+        return prods[order][:, off : off + _COLUMN_SIZES[name]]
+
+    return (*_contract(ch[0:3].permute(1, 0, 2), a, have_p, have_t, with_fields), redo)
+
+
+def _dense_padded(pos, q, p, t, ptr, counts, beta, nmax, with_fields, esps, fields) -> np.ndarray:
+    """All small configs: centred, padded to bucket sizes, dense kernel blocks and batched matmuls.
+
+    Returns the configs left to the pair list (a pair closer than R/_EXPANSION_RATIO^(1/nmax)); their
+    atoms receive nothing here.
+    """
+    plan = _bucket_plan(counts, _DENSE_MAX_ATOMS, _BUCKET_STEP)
+    if not plan:
+        return np.zeros(0, dtype=np.int64)
+    n, dev, dt = pos.shape[0], pos.device, pos.dtype
+    m_max = max(m for m, _ in plan)
+    # padding atoms: no charge or multipoles, beyond every (finite, checked) atom and far from each other
+    pad = torch.zeros((m_max, 3), dtype=dt, device=dev)
+    pad[:, 2] = pos.abs().max() + _PAD_SPACING * torch.arange(1, m_max + 1, dtype=dt, device=dev)
+    pos = torch.cat([pos, pad])
+    q = torch.cat([q, q.new_zeros(m_max)])
+    p = None if p is None else torch.cat([p, p.new_zeros((m_max, 3))])
+    t = None if t is None else torch.cat([t, t.new_zeros((m_max, 3, 3))])
+    layout, n_planes = _column_layout(p is not None, t is not None, with_fields)
+    esps_ext = torch.zeros(n + m_max, dtype=dt, device=dev)
+    fields_ext = torch.zeros((n + m_max, 3), dtype=dt, device=dev) if with_fields else None
+    redo = torch.zeros(counts.size, dtype=torch.bool, device=dev)  # configs left to the pair list
+    for m, bucket in plan:
+        slot = np.arange(m)
+        per_block = max(1, _BLOCK_SLOTS // m)
+        per_chunk = max(1, _CHUNK_ELEMENTS // (m * m))
+        for b0 in range(0, len(bucket), per_block):
+            cfgs = bucket[b0 : b0 + per_block]
+            real = slot[None, :] < counts[cfgs][:, None]
+            flat = np.where(real, ptr[cfgs][:, None] + slot[None, :], n + slot[None, :]).reshape(-1)
+            flat = torch.as_tensor(flat, device=dev)
+            weight = torch.as_tensor(real / counts[cfgs][:, None], dtype=dt, device=dev)
+            planes = _bucket_planes(pos, q, p, t, flat, weight, layout, n_planes, beta)
+            radius2 = cfgs_t = None
+            if nmax > 1:  # largest |x|² of each config's real atoms (weight = 1/size on them), for the guard
+                radius2 = planes[0] * planes[0]
+                radius2 = radius2.addcmul_(planes[1], planes[1]).addcmul_(planes[2], planes[2]).mul_(weight)
+                radius2 = radius2.amax(dim=1) * torch.as_tensor(counts[cfgs], dtype=dt, device=dev)
+                cfgs_t = torch.as_tensor(cfgs, device=dev)
+            v_out = torch.empty((len(cfgs), m), dtype=dt, device=dev)
+            e_out = torch.empty((len(cfgs), 3, m), dtype=dt, device=dev) if with_fields else None
+            for c0 in range(0, len(cfgs), per_chunk):
+                c1 = min(c0 + per_chunk, len(cfgs))
+                ch = planes[:, c0:c1]  # (C, Gc, m)
+                rad2 = None if radius2 is None else radius2[c0:c1]
+                v, e, close = _dense_chunk(ch, rad2, layout, beta, nmax, p is not None, t is not None, with_fields)
+                if close is not None:
+                    redo[cfgs_t[c0:c1]] = close
+                v_out[c0:c1] = v
+                if with_fields:
+                    e_out[c0:c1] = e
+            esps_ext.index_copy_(0, flat, v_out.view(-1))
+            if with_fields:
+                fields_ext.index_copy_(0, flat, e_out.transpose(1, 2).reshape(-1, 3))
+    redo = torch.nonzero(redo)[:, 0].cpu().numpy()
+    if redo.size:
+        atoms = torch.as_tensor(np.repeat(ptr[redo] - np.cumsum(counts[redo]) + counts[redo], counts[redo])
+                                + np.arange(counts[redo].sum()), device=dev)
+        esps_ext[atoms] = 0.0
         if with_fields:
-            e -= (2.0 / 3.0) * g[2][:, None] * tr + (rtr * g[3] / 3.0)[:, None] * rvec
-    return v, e
-
-
-def nmax_needed(have_dipoles: bool, have_quads: bool, with_fields: bool) -> int:
-    """Highest radial derivative order needed."""
-    return (2 if have_quads else 1 if have_dipoles else 0) + (1 if with_fields else 0)
-
-
-def accumulate(recv, v, e, n_atoms, esps, fields):
-    """Scatter-add pair contributions to receivers (bincount: fast and deterministic)."""
-    esps += np.bincount(recv, weights=v, minlength=n_atoms)
-    if e is not None:
-        for c in range(3):
-            fields[:, c] += np.bincount(recv, weights=e[:, c], minlength=n_atoms)
-
-
-def self_terms(q, p, sigma, with_fields):
-    """Value of each atom's own Gaussian density at its centre (σ > 0), in units of k_e."""
-    beta = 1.0 / (math.sqrt(2.0) * sigma)
-    v = q * g_erf_at_zero(beta, 0)
-    e = None
+            fields_ext[atoms] = 0.0
+    esps += esps_ext[:n]
     if with_fields:
-        e = np.zeros((q.shape[0], 3))
-        if p is not None:
-            e += p * g_erf_at_zero(beta, 1)
-    return v, e
+        fields += fields_ext[:n]
+    return redo
 
 
-# ----------------------------------------------------------------------------- batched direct sum
+# ----------------------------------------------------------------------------- flat pair list (large configs)
 
 
 def _intra_config_pair_chunks(ptr: np.ndarray, max_pairs: int):
@@ -170,33 +352,6 @@ def _intra_config_pair_chunks(ptr: np.ndarray, max_pairs: int):
         lo = hi
 
 
-def _dense_group(pos, q, p, t, beta, nmax, with_fields):
-    """All-pairs kernel for G configs of equal size n: pos (G, n, 3) -> V (G, n), E (G, n, 3) or None."""
-    rvec = pos[:, :, None, :] - pos[:, None, :, :]
-    r = np.sqrt(np.einsum("gijc,gijc->gij", rvec, rvec))
-    n = pos.shape[1]
-    r[:, np.arange(n), np.arange(n)] = np.inf  # self pair: every kernel term vanishes
-    if np.any(r == 0.0):
-        raise ValueError("two atoms of one config sit at the same position; the ESP is undefined")
-    g = g_coulomb(r, nmax) if beta is None else g_erf(r, beta, nmax)
-    qs = q[:, None, :]
-    v = np.einsum("gij,gj->gi", g[0], q)
-    e = -np.einsum("gij,gijc->gic", qs * g[1], rvec) if with_fields else None
-    if p is not None:
-        pr = np.einsum("gijc,gjc->gij", rvec, p)
-        v -= np.einsum("gij,gij->gi", pr, g[1])
-        if with_fields:
-            e += np.einsum("gij,gjc->gic", g[1], p) + np.einsum("gij,gijc->gic", pr * g[2], rvec)
-    if t is not None:
-        tr = np.einsum("gjab,gijb->gija", t, rvec)
-        rtr = np.einsum("gija,gija->gij", rvec, tr)
-        v += np.einsum("gij,gij->gi", rtr, g[2]) / 3.0
-        if with_fields:
-            e -= (2.0 / 3.0) * np.einsum("gij,gija->gia", g[2], tr) + np.einsum("gij,gija->gia", rtr * g[3] / 3.0,
-                                                                                rvec)
-    return v, e
-
-
 def _pairs_of_selected(starts, sizes, max_pairs):
     """Pair chunks of the selected (large) configs only, in global atom indices."""
     if sizes.size == 0:
@@ -205,6 +360,80 @@ def _pairs_of_selected(starts, sizes, max_pairs):
     offset = np.repeat(starts - sub_ptr[:-1], sizes)
     for recv, src in _intra_config_pair_chunks(sub_ptr, max_pairs):
         yield offset[recv] + recv, offset[src] + src
+
+
+def _pair_list(pos, q, p, t, starts, sizes, beta, nmax, with_fields, max_pairs, esps, fields):
+    """Configs given by (starts, sizes): flat chunked pair list, scatter-added to the receivers."""
+    dev = pos.device
+    for recv_np, src_np in _pairs_of_selected(starts, sizes, max_pairs):
+        recv = torch.as_tensor(recv_np, device=dev)
+        src = torch.as_tensor(src_np, device=dev)
+        rvec = pos[recv] - pos[src]
+        r = torch.linalg.vector_norm(rvec, dim=1)
+        if bool((r == 0.0).any()):
+            k = int(torch.nonzero(r == 0.0)[0])
+            raise ValueError(
+                f"atoms {int(recv_np[k])} and {int(src_np[k])} sit at the same position; the ESP is undefined"
+            )
+        g = g_coulomb(r, nmax) if beta is None else g_erf(r, beta, nmax)
+        v, e = pair_potential_field(
+            rvec, g, q[src], None if p is None else p[src], None if t is None else t[src], with_fields
+        )
+        accumulate(recv, v, e, pos.shape[0], esps, fields)
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _raise_non_finite(pos, q, p, t, ptr, atom):
+    """Explain a non-finite result at ``atom``: non-finite inputs, or two atoms at one position."""
+    for name, arr in (("positions", pos), ("charges", q), ("dipoles", p), ("quadrupoles", t)):
+        if arr is not None:
+            bad = ~torch.isfinite(arr.reshape(arr.shape[0], -1)).all(dim=1)
+            if bool(bad.any()):
+                k = int(torch.nonzero(bad)[0])
+                c = int(np.searchsorted(ptr, k, side="right")) - 1
+                raise ValueError(f"{name} of atom {k} (config {c}) are not finite; fix or drop the config")
+    c = int(np.searchsorted(ptr, atom, side="right")) - 1
+    a, b = int(ptr[c]), int(ptr[c + 1])
+    x = pos[a:b].cpu().numpy()
+    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1) + np.diag(np.full(b - a, np.inf))
+    i, j = np.unravel_index(int(np.argmin(d)), d.shape)
+    raise ValueError(
+        f"atoms {a + i} and {a + j} of config {c} sit at the same position (distance {math.sqrt(d[i, j]):.3g} Å); "
+        "the ESP is undefined"
+    )
+
+
+def _as_tensor(x, device, shape_tail, name, n=None):
+    """float64 tensor on ``device`` (numpy float64 input: no copy), checked to be (n, *shape_tail)."""
+    if x is None:
+        return None
+    if is_torch(x):
+        out = x.detach().to(device=device, dtype=torch.float64)
+    else:
+        out = torch.from_numpy(np.ascontiguousarray(np.asarray(x, dtype=np.float64))).to(device)
+    if shape_tail == () and out.ndim == 2 and out.shape[1] == 1:
+        out = out[:, 0]
+    if out.ndim != 1 + len(shape_tail) or tuple(out.shape[1:]) != shape_tail or (n is not None and out.shape[0] != n):
+        want = ", ".join(["n_atoms" if n is None else str(n), *map(str, shape_tail)])
+        raise ValueError(f"`{name}` must have shape [{want}], got shape {list(out.shape)}")
+    return out
+
+
+def _ptr_array(ptr, n: int) -> np.ndarray:
+    """The atom pointer as an int64 numpy array (default: one config), checked."""
+    if ptr is None:
+        return np.array([0, n], dtype=np.int64)
+    if is_torch(ptr):
+        ptr = ptr.detach().cpu().numpy()
+    out = np.asarray(ptr, dtype=np.int64).reshape(-1)
+    if out.size == 0 or out[0] != 0 or out[-1] != n or np.any(np.diff(out) < 0):
+        raise ValueError(
+            f"`ptr` must rise from 0 to n_atoms={n} (one entry more than configs), got {out[:4].tolist()}"
+            f"{'…' if out.size > 4 else ''} (length {out.size}); build it as concatenate([[0], cumsum(sizes)])"
+        )
+    return out
 
 
 def realspace_potential_field(
@@ -225,18 +454,20 @@ def realspace_potential_field(
     ----------
     positions : (n_atoms, 3) Å; charges (n_atoms,) e; dipoles (n_atoms, 3) e·Å Cartesian or None;
     quadrupoles (n_atoms, 3, 3) traceless Θ in e·Å² or None; ptr (n_configs+1,) (default: one config).
+        numpy arrays or torch tensors (any mix; tensors are moved to the positions' device).
     smearing_width : σ in Å (0 = point multipoles).
     self_interaction : "exclude" or "include" (σ > 0 only).
-    max_pairs : pairs per chunk (memory ~ 300 bytes per pair with quadrupoles and fields).
+    max_pairs : pairs per chunk of the flat pair path for configs above ``_DENSE_MAX_ATOMS`` atoms
+        (memory ~ 300 bytes per pair with quadrupoles and fields).
 
     Returns
     -------
-    esps (n_atoms,), fields (n_atoms, 3) or None.
+    esps (n_atoms,), fields (n_atoms, 3) or None: numpy float64 for numpy positions; for torch positions,
+    tensors of their (floating) dtype on their device (always computed in float64).
+
+    Raises ValueError for non-finite positions, two atoms of one config at the same position, or a
+    ``ptr`` that does not rise from 0 to n_atoms.
     """
-    pos = np.asarray(positions, dtype=float)
-    q = np.asarray(charges, dtype=float).reshape(-1)
-    n = pos.shape[0]
-    ptr = np.array([0, n], dtype=np.int64) if ptr is None else np.asarray(ptr, dtype=np.int64)
     if self_interaction not in ("exclude", "include"):
         raise ValueError(f"Unknown self_interaction {self_interaction!r}. Must be 'exclude' or 'include'.")
     if self_interaction == "include" and not smearing_width > 0:
@@ -244,54 +475,39 @@ def realspace_potential_field(
             "self_interaction='include' needs smearing_width > 0 (a point charge's own potential is "
             f"infinite); got smearing_width={smearing_width}. Use 'exclude' or set a width."
         )
+    torch_out = is_torch(positions)
+    device = positions.device if torch_out else torch.device("cpu")
+    pos = _as_tensor(positions, device, (3,), "positions")
+    n = pos.shape[0]
+    q = _as_tensor(charges, device, (), "charges", n)
+    p = _as_tensor(dipoles, device, (3,), "dipoles", n)
+    t = _as_tensor(quadrupoles, device, (3, 3), "quadrupoles", n)
+    ptr_np = _ptr_array(ptr, n)
+    if not bool(torch.isfinite(pos).all()):  # an infinite position would give finite nonsense
+        _raise_non_finite(pos, q, None, None, ptr_np, 0)
     sigma = float(smearing_width)
-    nmax = nmax_needed(dipoles is not None, quadrupoles is not None, with_fields)
-    esps = np.zeros(n)
-    fields = np.zeros((n, 3)) if with_fields else None
     beta = 1.0 / (math.sqrt(2.0) * sigma) if sigma > 0 else None
-    counts = np.diff(ptr)
-    small = (counts > 1) & (counts <= _DENSE_MAX_ATOMS)
-    for size in np.unique(counts[small]):
-        cfgs = np.flatnonzero(counts == size)
-        per_chunk = max(1, max_pairs // int(size * size))
-        for c0 in range(0, cfgs.size, per_chunk):
-            sel = cfgs[c0 : c0 + per_chunk]
-            idx = (ptr[:-1][sel][:, None] + np.arange(size)[None, :]).reshape(-1)
-            shp = (sel.size, int(size))
-            v, e = _dense_group(
-                pos[idx].reshape(*shp, 3), q[idx].reshape(shp),
-                None if dipoles is None else dipoles[idx].reshape(*shp, 3),
-                None if quadrupoles is None else quadrupoles[idx].reshape(*shp, 3, 3),
-                beta, nmax, with_fields,
-            )
-            esps[idx] += v.reshape(-1)
-            if with_fields:
-                fields[idx] += e.reshape(-1, 3)
-    large = counts > _DENSE_MAX_ATOMS
-    for recv, src in _pairs_of_selected(ptr[:-1][large], counts[large], max_pairs):
-        rvec = pos[recv] - pos[src]
-        r = np.sqrt(np.einsum("pa,pa->p", rvec, rvec))
-        if np.any(r == 0.0):
-            k = int(np.flatnonzero(r == 0.0)[0])
-            raise ValueError(
-                f"atoms {int(recv[k])} and {int(src[k])} sit at the same position; the ESP is undefined"
-            )
-        g = g_coulomb(r, nmax) if beta is None else g_erf(r, beta, nmax)
-        v, e = pair_potential_field(
-            rvec,
-            g,
-            q[src],
-            None if dipoles is None else dipoles[src],
-            None if quadrupoles is None else quadrupoles[src],
-            with_fields,
-        )
-        accumulate(recv, v, e, n, esps, fields)
+    nmax = nmax_needed(p is not None, t is not None, with_fields)
+    esps = torch.zeros(n, dtype=torch.float64, device=device)
+    fields = torch.zeros((n, 3), dtype=torch.float64, device=device) if with_fields else None
+
+    counts = np.diff(ptr_np)
+    redo = _dense_padded(pos, q, p, t, ptr_np, counts, beta, nmax, with_fields, esps, fields)
+    large = counts > max(_DENSE_MAX_ATOMS, 1)
+    large[redo] = True
+    _pair_list(pos, q, p, t, ptr_np[:-1][large], counts[large], beta, nmax, with_fields, max_pairs, esps, fields)
+    bad = ~torch.isfinite(esps if fields is None else esps + fields.sum(1))
+    if bool(bad.any()):
+        _raise_non_finite(pos, q, p, t, ptr_np, int(torch.nonzero(bad)[0]))
     if self_interaction == "include":
-        v, e = self_terms(q, dipoles, sigma, with_fields)
+        v, e = self_terms(q, p, sigma, with_fields)
         esps += v
         if with_fields:
             fields += e
     esps *= K_E
     if with_fields:
         fields *= K_E
-    return esps, fields
+    if torch_out:
+        out_dtype = positions.dtype if positions.is_floating_point() else torch.float64
+        return esps.to(out_dtype), (None if fields is None else fields.to(out_dtype))
+    return esps.numpy(), (None if fields is None else fields.numpy())

@@ -30,7 +30,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from scfdata.constants import K_E
-from scfdata.reference.esp_realspace import (
+from scfdata.reference.multipole_kernels import (
     accumulate,
     g_erf_at_zero,
     g_erfc,

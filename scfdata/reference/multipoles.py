@@ -47,12 +47,13 @@ def n_components(max_l: int) -> int:
     return (max_l + 1) ** 2
 
 
-def multipoles_to_cartesian(multipoles: np.ndarray, max_l: int | None = None):
+def multipoles_to_cartesian(multipoles, max_l: int | None = None):
     """Split MACE_SCF-ordered multipoles into Cartesian parts.
 
     Parameters
     ----------
-    multipoles : (n, K) array with K in {1, 4, 9}.
+    multipoles : (n, K) array with K in {1, 4, 9}: numpy (float64 out) or a torch tensor (tensors out,
+        same dtype and device).
     max_l : use only columns up to this order (default: all columns present).
 
     Returns
@@ -60,12 +61,13 @@ def multipoles_to_cartesian(multipoles: np.ndarray, max_l: int | None = None):
     charges (n,), dipoles (n, 3) Cartesian (x, y, z) or None, quadrupoles (n, 3, 3) traceless
     Cartesian Θ or None (None when the order is not used).
     """
-    m = np.asarray(multipoles, dtype=float)
+    is_tensor = hasattr(multipoles, "detach")
+    m = multipoles if is_tensor else np.asarray(multipoles, dtype=float)
     if m.ndim == 1:
         m = m[:, None]
     if m.ndim != 2 or m.shape[1] not in (1, 4, 9):
         raise ValueError(
-            f"`multipoles` must have shape (n_atoms, K) with K in (1, 4, 9), got shape {m.shape}"
+            f"`multipoles` must have shape (n_atoms, K) with K in (1, 4, 9), got shape {tuple(m.shape)}"
         )
     have_l = {1: 0, 4: 1, 9: 2}[m.shape[1]]
     if max_l is None:
@@ -75,20 +77,22 @@ def multipoles_to_cartesian(multipoles: np.ndarray, max_l: int | None = None):
             f"max_l={max_l} needs {(max_l + 1) ** 2} multipole columns, the array has {m.shape[1]}; "
             "lower max_l or provide the higher multipoles"
         )
-    charges = m[:, 0].copy()
-    dipoles = m[:, [3, 1, 2]].copy() if max_l >= 1 else None
+    charges = m[:, 0] * 1.0  # a copy, numpy or torch
+    dipoles = m[:, [3, 1, 2]] if max_l >= 1 else None
     quads = None
     if max_l >= 2:
         q = m[:, 4:9]
-        quads = np.empty((m.shape[0], 3, 3))
         xy, yz, xz = 0.5 * _S3 * q[:, 0], 0.5 * _S3 * q[:, 1], 0.5 * _S3 * q[:, 3]
         zz = q[:, 2]
         xx = 0.5 * (-q[:, 2] + _S3 * q[:, 4])
         yy = 0.5 * (-q[:, 2] - _S3 * q[:, 4])
-        quads[:, 0, 0], quads[:, 1, 1], quads[:, 2, 2] = xx, yy, zz
-        quads[:, 0, 1] = quads[:, 1, 0] = xy
-        quads[:, 1, 2] = quads[:, 2, 1] = yz
-        quads[:, 0, 2] = quads[:, 2, 0] = xz
+        if is_tensor:
+            import torch
+
+            stack = torch.stack
+        else:
+            stack = np.stack
+        quads = stack([stack([xx, xy, xz], -1), stack([xy, yy, yz], -1), stack([xz, yz, zz], -1)], -2)
     return charges, dipoles, quads
 
 

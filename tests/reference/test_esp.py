@@ -85,6 +85,24 @@ def test_torch_input_gives_torch_output():
     np.testing.assert_allclose(v.numpy(), compute_esps(pos, mp, ptr, cells, pbc)[0])
 
 
+@pytest.mark.parametrize("max_l", [1, 2])
+def test_torch_open_boundary_stays_torch_and_matches_numpy(max_l):
+    """Open boundaries only: the torch engine runs on the tensors (the GPU path); same values as numpy."""
+    torch = pytest.importorskip("torch")
+    pos, mp, ptr, cells, pbc = _molecules([3, 7, 2, 70])  # dense buckets and the pair list
+    want_v, want_e = compute_esps(pos, mp, ptr, cells, pbc, max_l=max_l, with_fields=True)
+    v, e = compute_esps(torch.tensor(pos), torch.tensor(mp), torch.tensor(ptr), torch.tensor(cells),
+                        torch.tensor(pbc), max_l=max_l, with_fields=True)
+    assert isinstance(v, torch.Tensor) and isinstance(e, torch.Tensor) and v.dtype == torch.float64
+    np.testing.assert_allclose(v.numpy(), want_v, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(e.numpy(), want_e, rtol=0, atol=1e-9)
+    q, p, t = multipoles_to_cartesian(torch.tensor(mp), max_l)
+    q_np, p_np, t_np = multipoles_to_cartesian(mp, max_l)
+    np.testing.assert_array_equal(p.numpy(), p_np)
+    if max_l == 2:
+        np.testing.assert_array_equal(t.numpy(), t_np)
+
+
 def test_mixed_batch_dispatch_matches_engines():
     from scfdata.reference.ewald import ewald_potential_field
     from scfdata.reference.slab import slab_potential_field

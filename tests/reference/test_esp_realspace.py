@@ -7,7 +7,8 @@ import pytest
 from scipy.special import erf
 
 from scfdata.constants import K_E
-from scfdata.reference.esp_realspace import g_erf, g_erfc, realspace_potential_field
+from scfdata.reference.esp_realspace import realspace_potential_field
+from scfdata.reference.multipole_kernels import g_erf, g_erfc
 
 RNG = np.random.default_rng(7)
 
@@ -162,3 +163,118 @@ def test_translation_rotation_permutation_invariance():
 def test_coincident_atoms_raise():
     with pytest.raises(ValueError, match="same position"):
         realspace_potential_field(np.zeros((2, 3)), np.ones(2))
+
+
+# ----------------------------------------------------------------------------- padded buckets, torch inputs
+
+
+def _molecule_batch(sizes, seed=3, min_distance=0.6):
+    """Random molecules (atoms at least ``min_distance`` Å apart, as in real molecules), all multipoles."""
+    rng = np.random.default_rng(seed)
+    pos = []
+    for n in sizes:
+        pts = []
+        while len(pts) < n:
+            x = rng.uniform(-1, 1, 3) * (1.0 + n) ** (1 / 3) * 1.3 + rng.uniform(-20, 20)  # off-centre
+            if all(np.linalg.norm(x - y) >= min_distance for y in pts):
+                pts.append(x)
+            if not pts:
+                pts.append(x)
+        pos.append(np.array(pts[:n]).reshape(n, 3))
+    pos = np.concatenate(pos)
+    n = pos.shape[0]
+    q = rng.normal(size=n) * 0.5
+    p = rng.normal(size=(n, 3)) * 0.2
+    t = rng.normal(size=(n, 3, 3)) * 0.1
+    t = t + t.transpose(0, 2, 1)
+    t -= np.trace(t, axis1=1, axis2=2)[:, None, None] / 3 * np.eye(3)
+    ptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    return pos, q, p, t, ptr
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.7])
+@pytest.mark.parametrize("parts", ["q", "qp", "qpt"])
+def test_padded_buckets_equal_pair_path(sigma, parts, monkeypatch):
+    """The padded dense buckets (several bucket steps, chunks and plane blocks) against the flat pair list.
+
+    Potentials to 1e-10 V; fields to 1e-11 of the largest field (the dense path expands r_ij = x_i − x_j
+    around each config's centroid, which costs a few digits for point quadrupole fields: ~1e-10 V/Å here).
+    """
+    import scfdata.reference.esp_realspace as mod
+
+    sizes = [1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17, 30, 31, 2, 3, 5, 12]
+    pos, q, p, t, ptr = _molecule_batch(sizes)
+    p = p if "p" in parts else None
+    t = t if "t" in parts else None
+    kw = dict(smearing_width=sigma, with_fields=True)
+    monkeypatch.setattr(mod, "_DENSE_MAX_ATOMS", 0)  # every config through the pair list
+    want_v, want_e = realspace_potential_field(pos, q, p, t, ptr, **kw)
+    monkeypatch.setattr(mod, "_DENSE_MAX_ATOMS", 64)
+    for step, chunk, block in ((1, 1 << 18, 1 << 17), (4, 50, 40), (8, 1 << 18, 7)):
+        monkeypatch.setattr(mod, "_BUCKET_STEP", step)
+        monkeypatch.setattr(mod, "_CHUNK_ELEMENTS", chunk)
+        monkeypatch.setattr(mod, "_BLOCK_SLOTS", block)
+        v, e = realspace_potential_field(pos, q, p, t, ptr, **kw)
+        np.testing.assert_allclose(v, want_v, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(e, want_e, rtol=0, atol=1e-11 * np.abs(want_e).max())
+        v_only, e_none = realspace_potential_field(pos, q, p, t, ptr, smearing_width=sigma)
+        np.testing.assert_allclose(v_only, want_v, rtol=0, atol=1e-10)
+        assert e_none is None
+    assert np.abs(want_v).max() > 1.0  # a meaningful comparison
+    assert want_v[0] == 0.0  # the lone atom
+
+
+def test_torch_inputs_give_numpy_values_as_tensors():
+    torch = pytest.importorskip("torch")
+    pos, q, p, t, ptr = _molecule_batch([3, 70, 5, 12, 1])  # dense buckets and the pair list
+    want_v, want_e = realspace_potential_field(pos, q, p, t, ptr, smearing_width=0.5, with_fields=True)
+    args = [torch.from_numpy(a.copy()) for a in (pos, q, p, t, ptr)]
+    v, e = realspace_potential_field(*args, smearing_width=0.5, with_fields=True)
+    assert isinstance(v, torch.Tensor) and isinstance(e, torch.Tensor)
+    assert v.dtype == torch.float64 and v.device == args[0].device and e.shape == (pos.shape[0], 3)
+    np.testing.assert_allclose(v.numpy(), want_v, rtol=1e-13, atol=1e-12)
+    np.testing.assert_allclose(e.numpy(), want_e, rtol=1e-13, atol=1e-12)
+    # float32 positions: float32 results (computed in float64 from the float32 inputs)
+    pos32 = torch.from_numpy(pos).float()
+    v32, _ = realspace_potential_field(pos32, q, p, t, ptr)
+    assert v32.dtype == torch.float32
+    want32, _ = realspace_potential_field(pos32.double().numpy(), q, p, t, ptr)
+    np.testing.assert_allclose(v32.numpy(), want32, rtol=1e-6, atol=1e-6)
+    # numpy in -> numpy out
+    assert isinstance(realspace_potential_field(pos, q, p)[0], np.ndarray)
+
+
+@pytest.mark.parametrize("sigma", [0.0, 1.0])
+@pytest.mark.parametrize("size", [4, 80])  # dense bucket / pair list
+def test_coincident_atoms_in_a_batch_raise(sigma, size):
+    pos, q, p, _, ptr = _molecule_batch([3, size, 5])
+    pos[5] = pos[4]
+    with pytest.raises(ValueError, match="atoms 4 and 5 .*same position"):
+        realspace_potential_field(pos, q, p, None, ptr, smearing_width=sigma)
+
+
+def test_bad_inputs_name_what_is_wrong():
+    pos, q, p, _, ptr = _molecule_batch([3, 4])
+    bad = pos.copy()
+    bad[5, 1] = np.inf
+    with pytest.raises(ValueError, match=r"positions of atom 5 \(config 1\) are not finite"):
+        realspace_potential_field(bad, q, p, None, ptr)
+    with pytest.raises(ValueError, match=r"`charges` must have shape \[7\]"):
+        realspace_potential_field(pos, q[:3], p, None, ptr)
+    with pytest.raises(ValueError, match="`ptr` must rise from 0 to n_atoms=7"):
+        realspace_potential_field(pos, q, p, None, [0, 3, 6])
+
+
+def test_close_pairs_fall_back_to_the_pair_list(monkeypatch):
+    """A config with a pair much closer than its size is evaluated by the pair list: no loss of digits."""
+    import scfdata.reference.esp_realspace as mod
+
+    pos, q, p, t, ptr = _molecule_batch([6, 20, 9])
+    pos[10] = pos[9] + [2e-3, 0.0, 0.0]  # config 1: R/d ~ 1e3
+    monkeypatch.setattr(mod, "_DENSE_MAX_ATOMS", 0)
+    want_v, want_e = realspace_potential_field(pos, q, p, t, ptr, with_fields=True)
+    monkeypatch.setattr(mod, "_DENSE_MAX_ATOMS", 64)
+    v, e = realspace_potential_field(pos, q, p, t, ptr, with_fields=True)
+    assert np.abs(want_e).max() > 1e6
+    np.testing.assert_allclose(v, want_v, rtol=1e-13, atol=1e-10)
+    np.testing.assert_allclose(e, want_e, rtol=1e-13, atol=1e-10)

@@ -63,102 +63,31 @@ def _esp_settings(settings: dict) -> dict:
     return {**ESPS_DEFAULTS, **{k: v for k, v in settings.items() if k not in ("enabled", "preset")}}
 
 
-def _preset_settings(settings: dict) -> dict:
-    """Settings of ``preset: mace_scf``: the preset fixes the convention, a few keys stay the user's.
-
-    Honoured: ``source``, ``tolerance``, ``max_l`` (0 or 1, an upper bound as for explicit settings),
-    ``smearing_width`` (0, the schema default, means MACE_SCF's 1.5 Å; a positive value is the model's σ)
-    and ``kspace_cutoff`` (1/Å, default: converged from ``tolerance``). ``self_interaction`` is always
-    "include"; ``boundary`` must stay "auto" (the preset has MACE_SCF's own boundary handling).
-    """
-    from .reference.mace_scf_preset import MACE_SCF_MAX_L, MACE_SCF_SMEARING_WIDTH
-
-    preset = settings.get("preset")
-    if preset != "mace_scf":
-        raise ValueError(f"Unknown reference.esps.preset {preset!r}. Must be 'mace_scf' (or no preset).")
-    known = {"enabled", "preset", "source", "max_l", "smearing_width", "self_interaction", "boundary",
-             "tolerance", "kspace_cutoff"}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise ValueError(f"reference.esps with preset: mace_scf: unknown key(s) {unknown}; allowed: {sorted(known)}")
-    if settings.get("boundary", "auto") != "auto":
+def _refuse_mapped_input(cols: Columns, name: str) -> None:
+    """A derived field must not silently replace the same field mapped from the input files."""
+    if name in cols.atoms and np.asarray(cols.masks.get(name, True)).any():
         raise ValueError(
-            f"reference.esps: preset mace_scf has MACE_SCF's own boundary handling, got boundary "
-            f"{settings['boundary']!r}: remove `boundary` (or set auto), or drop the preset"
+            f"`{name}` is mapped from the input files (the dataset's keys) and is also a derived target: the "
+            f"derived values would replace the DFT ones. Either remove `{name}` from the keys (derive it), or "
+            f"set `reference.{name}: {{enabled: false}}` (train on the mapped values)"
         )
-    max_l = int(settings.get("max_l", MACE_SCF_MAX_L))
-    if max_l > 1:
-        raise ValueError(
-            f"reference.esps: preset mace_scf evaluates multipoles up to l = 1 (graph-longrange has no l = 2 "
-            f"density), got max_l {max_l}: set max_l 0 or 1, or drop the preset"
-        )
-    sigma = float(settings.get("smearing_width") or 0.0) or MACE_SCF_SMEARING_WIDTH
-    return {"preset": "mace_scf", "source": settings.get("source", "multipoles"), "max_l": max_l,
-            "smearing_width": sigma, "self_interaction": "include",
-            "tolerance": float(settings.get("tolerance", ESPS_DEFAULTS["tolerance"])),
-            "kspace_cutoff": settings.get("kspace_cutoff")}
 
 
-def _preset_esp_and_field(cols: Columns, settings: dict, with_fields: bool):
-    """``preset: mace_scf``: graph-longrange's ESP (see scfdata.reference.mace_scf_preset), masked where the
-    model has no ESP (pbc other than FFF/TTT/TTF, no cell)."""
-    from .reference.mace_scf_preset import converged_kspace_cutoff, graph_longrange_version, mace_scf_esps
-
-    s = _preset_settings(settings)
-    if s["kspace_cutoff"] is None:  # from the settings only: every shard gets the same (recorded in derived_by)
-        s["kspace_cutoff"] = converged_kspace_cutoff(s["smearing_width"], s["tolerance"])
-    mp, present = _multipole_source(cols, s)
-    s["max_l"] = min(s["max_l"], int(round(np.sqrt(mp.shape[1]))) - 1)
-    cls = _pbc_class(cols.configs["pbc"])
-    cells = np.asarray(cols.configs["cell"], dtype=float).reshape(-1, 3, 3)
-    has_cell = np.abs(np.linalg.det(cells)) > 1e-6 if len(cells) else np.zeros(0, bool)
-    ok_boundary = np.isin(cls, list(_BOUNDARY_OF_PBC))
-    live = present & ok_boundary & has_cell
-    notes = Counter({"no atomic_multipoles or charges in the config": int((~present).sum())})
-    for c in np.unique(cls[present & ~ok_boundary]):
-        notes[f"pbc {c} has no MACE_SCF ESP (preset mace_scf handles FFF, TTT, TTF)"] = int((cls[present] == c).sum())
-    notes["configs without a cell (MACE_SCF evaluates clusters in their box; give them a cell)"] = int(
-        (present & ok_boundary & ~has_cell).sum())
-    n_atoms_total = int(cols.n_atoms.sum())
-    esps = np.zeros(n_atoms_total)
-    fields = np.zeros((n_atoms_total, 3))
-    ext = None
-    if "external_field" in cols.configs:
-        given = cols.masks.get("external_field", np.ones(cols.n_configs, bool)).reshape(cols.n_configs, -1).all(1)
-        ext = np.where(given[:, None], np.asarray(cols.configs["external_field"], float).reshape(-1, 3), 0.0)
-        notes["configs with an external field (added as +E·r, MACE_SCF's convention)"] = int(
-            (live & (np.abs(ext).sum(1) > 0)).sum())
-    if live.any():
-        sub = cols.select(np.flatnonzero(live))
-        a_live = _atom_mask(cols, live)
-        k, ptr = mp[a_live][:, : (s["max_l"] + 1) ** 2], sub.atom_ptr
-        q_cfg = np.bincount(np.repeat(np.arange(sub.n_configs), sub.n_atoms), weights=k[:, 0],
-                            minlength=sub.n_configs)
-        slab = _pbc_class(sub.configs["pbc"]) == "TTF"
-        notes["charged TTF slabs (graph-longrange's slab ESP lacks the charged-slab terms)"] = int(
-            (slab & (np.abs(q_cfg) > 1e-6)).sum())
-        notes["charged FFF/TTT configs (periodic with a neutralising background, as MACE_SCF does)"] = int(
-            (~slab & (np.abs(q_cfg) > 1e-6)).sum())
-        v, e = mace_scf_esps(sub.atoms["positions"], k, ptr, sub.configs["cell"], sub.configs["pbc"],
-                             smearing_width=s["smearing_width"], max_l=s["max_l"],
-                             kspace_cutoff=float(s["kspace_cutoff"]),
-                             external_field=None if ext is None else ext[live], with_fields=with_fields)
-        esps[a_live] = v
-        if with_fields:
-            fields[a_live] = e
-    s.update(boundary="mace_scf: FFF and TTT tin-foil periodic in the config's cell (zero cell average), "
-                      "TTF the same plus 4π k_e M_z z/V",
-             external_field="+E·r" if ext is not None else "none",
-             engine=f"graph-longrange {graph_longrange_version()}")
-    return esps, fields, live, s, {k: v for k, v in notes.items() if v}
+def _external_field(cols: Columns) -> np.ndarray:
+    """(n_configs, 3) external field, 0 where absent or masked."""
+    given = cols.masks.get("external_field", np.ones(cols.n_configs, bool)).reshape(cols.n_configs, -1).all(1)
+    return np.where(given[:, None], np.asarray(cols.configs["external_field"], float).reshape(-1, 3), 0.0)
 
 
 def _esp_and_field(cols: Columns, settings: dict, with_fields: bool):
     from .reference.esp import compute_esps
 
     if settings.get("preset") is not None:
-        return _preset_esp_and_field(cols, settings, with_fields)
+        from .derive_esp_preset import preset_esp_and_field
+
+        return preset_esp_and_field(cols, settings, with_fields)
     s = _esp_settings(settings)
+    _refuse_mapped_input(cols, "fields" if with_fields else "esps")
     mp, present = _multipole_source(cols, s)
     # max_l is an upper bound: data with charges only give the l=0 potential (recorded in derived_by)
     s["max_l"] = min(int(s["max_l"]), int(round(np.sqrt(mp.shape[1]))) - 1)
@@ -168,6 +97,10 @@ def _esp_and_field(cols: Columns, settings: dict, with_fields: bool):
     notes = Counter({"no atomic_multipoles or charges in the config": int((~present).sum())})
     for c in np.unique(cls[present & ~ok_boundary]):
         notes[f"pbc {c} has no ESP boundary (auto handles FFF, TTT, TTF)"] = int((cls[present] == c).sum())
+    if "external_field" in cols.configs:
+        with_field = (_external_field(cols)[live] != 0).any(axis=1)
+        notes["configs with an external field (not in this ESP: that of the multipoles only; "
+              "preset mace_scf adds +E·r)"] = int(with_field.sum())
     n_atoms_total = int(cols.n_atoms.sum())
     esps = np.zeros(n_atoms_total)
     fields = np.zeros((n_atoms_total, 3))

@@ -186,3 +186,35 @@ def test_esps_preset_bad_settings_are_clear_errors(example_base, settings, msg, 
     out = example_base.with_name("bad.h5")
     assert main(["derive", "esps", str(example_base), "--settings", json.dumps(settings), "-o", str(out)]) == 1
     assert msg in capsys.readouterr().err
+
+
+def test_default_esps_note_the_external_field_they_leave_out(tmp_path, mace_scf_keys, water_fixture):
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(json.dumps(mace_scf_keys))
+    base = tmp_path / "base.h5"
+    assert main(["ingest", str(water_fixture), "--keys", str(keys), "-o", str(base)]) == 0
+    out = derive_as(base, "default", "esps", {})
+    with ScfdataFile(out) as f:
+        note = ("configs with an external field (not in this ESP: that of the multipoles only; "
+                "preset mace_scf adds +E·r)")
+        assert f.provenance["notes"][note] == 40
+
+
+@pytest.mark.parametrize("target", ["esps", "fields"])
+def test_derived_target_never_silently_replaces_a_mapped_input(tmp_path, target, capsys):
+    """MACE_SCF data may carry DFT ESPs (`electrostatic_potentials`): deriving them too is an error."""
+    import ase.io
+
+    frames = ase.io.read(REPO / "examples/data/water_clusters.extxyz", ":3")
+    for a in frames:
+        a.arrays["V_DFT"] = np.full(len(a), 123.0)
+        a.arrays["E_DFT"] = np.full((len(a), 3), 1.0)
+    ase.io.write(tmp_path / "f.extxyz", frames)
+    keys = {"info_keys": {}, "arrays_keys": {"charges": "REF_charges", "esps": "V_DFT", "fields": "E_DFT"}}
+    (tmp_path / "keys.yaml").write_text(json.dumps(keys))
+    base = tmp_path / "base.h5"
+    assert main(["ingest", str(tmp_path / "f.extxyz"), "--keys", str(tmp_path / "keys.yaml"), "-o", str(base),
+                 "--on-error", "reject"]) == 0
+    assert main(["derive", target, str(base), "-o", str(tmp_path / "out.h5")]) == 1
+    err = capsys.readouterr().err
+    assert f"`{target}` is mapped from the input files" in err and f"reference.{target}: {{enabled: false}}" in err

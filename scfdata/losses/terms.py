@@ -149,7 +149,10 @@ def _entries_molecular_forces(ctx: BatchContext) -> Entries:
 def _predicted_cluster_virial(ctx: BatchContext) -> torch.Tensor:
     """(B, 1) Σ_M R_M · Σ_{i∈M} F̂_i (computed once per batch context)."""
     if "cluster_virial" not in ctx._cache:
-        per_mol = (ctx.target("molecule_centre") * ctx.predicted_molecular_forces).sum(dim=1)
+        # centres of molecules whose config has no target may be NaN (absent): zero them, as _clean does
+        counted = (ctx.weight("cluster_virial")[:, :1] != 0).index_select(0, ctx.molecule_batch)
+        centre = torch.where(counted, ctx.target("molecule_centre"), 0.0)
+        per_mol = (centre * ctx.predicted_molecular_forces).sum(dim=1)
         out = per_mol.new_zeros(ctx.n_configs)
         ctx._cache["cluster_virial"] = out.index_add(0, ctx.molecule_batch, per_mol).unsqueeze(1)
     return ctx._cache["cluster_virial"]

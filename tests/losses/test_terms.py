@@ -137,6 +137,27 @@ def test_all_absent_is_zero_with_finite_grad(name):
         assert v.grad is None or (torch.isfinite(v.grad).all() and (v.grad == 0).all())
 
 
+@pytest.mark.parametrize("name", ["cluster_virial", "cluster_virial_per_atom", "molecular_forces", "esps"])
+def test_nan_stored_where_absent_never_reaches_loss_or_grad(name):
+    """Absent targets and the molecule centres of configs without a virial target may be NaN (MACE_SCF
+    batches, other writers): the loss and its gradient stay the values computed with zeros there."""
+    ref, pred = make_numpy_batch(7, n_configs=6, p_absent=0.0)
+    field = name.removesuffix("_per_atom")
+    ref[f"{field}_mask"][1] = False
+    clean = to_torch(ref)
+    lo, hi = ref["molecule_ptr"][1], ref["molecule_ptr"][2]
+    ref["molecule_centre"][lo:hi] = np.nan
+    ref["molecular_forces"][lo:hi] = np.nan
+    ref["esps"][ref["ptr"][1]:ref["ptr"][2]] = np.nan
+    ref["cluster_virial"][1] = np.nan
+    p = to_torch(pred, requires_grad=True)
+    loss = LOSSES[name].fn(to_torch(ref), p)
+    loss.backward()
+    want = LOSSES[name].fn(clean, to_torch(pred)).item()
+    assert np.isfinite(loss.item()) and loss.item() == pytest.approx(want, rel=1e-12)
+    assert all(v.grad is None or torch.isfinite(v.grad).all() for v in p.values())
+
+
 @pytest.mark.parametrize("name", ["forces", "total_charge_per_atom", "dipole_per_atom", "atomic_multipoles",
                                   "molecular_forces", "cluster_virial_per_atom", "energy_per_atom"])
 def test_gradcheck(name):

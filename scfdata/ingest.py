@@ -27,6 +27,7 @@ import numpy as np
 from . import fields
 from .columns import Columns
 from .keys import KeyMapping
+from .reference.dipoles import dipole_mask_from_pbc
 from .validate import (
     FrameError,
     ValidationOptions,
@@ -34,7 +35,6 @@ from .validate import (
     as_config_value,
     check_geometry,
     check_total_charge,
-    dipole_component_mask,
 )
 
 log = logging.getLogger("scfdata.ingest")
@@ -149,7 +149,7 @@ def extract_frame(atoms, mapping: KeyMapping, opts: ValidationOptions) -> _Frame
         if name == "dipole":
             weights[name] = (
                 as_config_value(name, "config_dipole_weight", w, (3,)) if w is not None
-                else dipole_component_mask(pbc).astype(np.float64)
+                else dipole_mask_from_pbc(pbc)[0]
             )
         elif w is not None:
             weights[name] = as_config_value(name, f"config_{name}_weight", w, ())

@@ -124,8 +124,3 @@ def check_total_charge(charges: np.ndarray, total_charge: float, opts: Validatio
         f"charges (l=0 multipoles) sum to {s:.6f} e but total_charge is {total_charge:.6f} e "
         f"(tolerance {opts.charge_tolerance} e); check the key mapping, or set `renormalise_charges: true`"
     )
-
-
-def dipole_component_mask(pbc: np.ndarray) -> np.ndarray:
-    """Dipole components that have a meaning: FFF all three, TTF only z, TTT none (0 on periodic axes)."""
-    return ~np.asarray(pbc, dtype=bool)

@@ -19,16 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import fields
 from .h5io import ScfdataFile
 
 _POINTERS = {"ptr", "batch", "molecule_ptr", "molecule_batch"}
-
-
-def _level(key: str) -> str:
-    if key.endswith("_mask") or key.endswith("_weight"):
-        return "config"
-    return fields.get(key).level
 
 
 def to_tensors(arrays: dict[str, np.ndarray], dtype: torch.dtype = torch.float64,
@@ -74,14 +67,32 @@ class H5Dataset(torch.utils.data.Dataset):
         return self._n
 
     def __getitem__(self, index):
+        """``ds[i]`` (an int, numpy integer or 0-d tensor/array) or ``ds[indices]`` (a sequence, 1-d
+        array or tensor): a ``ref`` dict. Negative indices count from the end, as for a sequence.
+        Not supported: slices and boolean masks."""
+        if isinstance(index, (torch.Tensor, np.ndarray)) and index.ndim == 0:
+            index = index.item()
         if isinstance(index, (list, tuple, np.ndarray, torch.Tensor)):
             return self.batch(index)
+        if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"H5Dataset index must be an integer or a sequence of integers, got "
+                            f"{type(index).__name__} ({index!r})")
         return self.batch([int(index)])
 
     def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        """One ``ref`` dict for many configs (one gather per stored array)."""
-        idx = np.asarray(indices, dtype=np.int64)
-        return to_tensors(self.file.read_batch(idx), self.dtype)
+        """One ``ref`` dict for many configs (one gather per stored array); negative indices wrap."""
+        if isinstance(indices, torch.Tensor):
+            indices = indices.detach().cpu().numpy()
+        idx = np.asarray(indices)
+        if idx.size and (idx.dtype.kind not in "iu" or idx.ndim != 1):
+            raise TypeError(f"H5Dataset indices must be a 1-d sequence of integers, got dtype {idx.dtype} "
+                            f"with shape {idx.shape}")
+        idx = idx.astype(np.int64).reshape(-1)
+        bad = (idx < -self._n) | (idx >= self._n)
+        if bad.any():
+            raise IndexError(f"index {int(idx[bad][0])} out of range for {self.path} with {self._n} configs "
+                             f"(valid: {-self._n} .. {self._n - 1})")
+        return to_tensors(self.file.read_batch(np.where(idx < 0, idx + self._n, idx)), self.dtype)
 
 
 def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -278,6 +278,41 @@ class _Shard:
         return np.diff(self.molecule_ptr)[self.rows]
 
 
+def _all_masked(sh: _Shard, name: str) -> bool:
+    """Whether target ``name`` is absent (mask all False) from every config shard ``sh`` contributes."""
+    key = f"masks/{name}"
+    if key not in sh.source or len(sh.rows) == 0:
+        return key in sh.source
+    with ScfdataFile(sh.paths[sh.source[key]]) as f:
+        return not np.asarray(f.raw("masks", name))[sh.rows].any()
+
+
+def _padded_shape(key: str, plan: Sequence[_Shard], shapes: list[tuple]) -> tuple:
+    """The per-item shape of ``key`` in the output when shards store different ones.
+
+    Allowed only when a widest shape contains every other one and each shard with a narrower shape
+    has the target fully masked (ingest stores a placeholder width there, e.g. (1,) zeros for
+    atomic_multipoles in a shard without any); those shards are zero-padded. Otherwise FormatError.
+    """
+    group, name = key.split("/")
+    widest = tuple(max(d) for d in zip(*shapes, strict=True)) if len({len(s) for s in shapes}) == 1 else None
+    if widest in shapes:
+        bad = [k for k, (sh, shape) in enumerate(zip(plan, shapes, strict=True))
+               if shape != widest and (group == "masks" or not _all_masked(sh, name))]
+        if not bad:
+            return widest
+        why = (f"shard(s) {', '.join(map(str, bad))} hold data with the narrower shape, so they cannot be "
+               "zero-padded")
+    else:
+        why = "no shard's shape contains all the others"
+    per_shard = ", ".join(f"{s} in shard {k}" for k, s in enumerate(shapes))
+    raise FormatError(
+        f"{key}: per-item shape differs between shards ({per_shard}); {why}. Shards may differ only where "
+        "the narrower ones hold no data (mask all False): re-ingest with the same columns in every config "
+        "(e.g. the same max l for atomic_multipoles)"
+    )
+
+
 def assemble(
     out_path: str | os.PathLike,
     shards: Sequence[Sequence[str | os.PathLike]],
@@ -291,6 +326,9 @@ def assemble(
     Each shard is a list of files describing the same configs (the ingested base and the derived
     fragments); their fields are unioned. The output's datasets are created at their final size, then
     filled shard by shard: memory holds one shard's arrays at a time, whatever the number of shards.
+    A field whose per-item shape differs between shards takes the widest one when every shard with a
+    narrower shape has that target fully masked (those shards are zero-padded, their masks stay False);
+    any other shape difference is a FormatError.
     """
     out_path = Path(out_path)
     rows = list(rows) if rows is not None else [None] * len(shards)
@@ -306,11 +344,12 @@ def assemble(
         for key, (dtype, shape) in sh.layout.items():
             if key not in layout:
                 layout[key] = (dtype, shape)
-                continue
-            if shape != layout[key][1]:
-                raise FormatError(f"{key}: per-item shape {shape} in shard {k}, {layout[key][1]} in shard 0")
-            if dtype.kind == "S" and dtype.itemsize > layout[key][0].itemsize:
-                layout[key] = (dtype, shape)  # fixed-length strings: the widest shard's width
+            elif dtype.kind == "S" and dtype.itemsize > layout[key][0].itemsize:
+                layout[key] = (dtype, layout[key][1])  # fixed-length strings: the widest shard's width
+    for key in keys:
+        shapes = [sh.layout[key][1] for sh in plan]
+        if len(set(shapes)) > 1:
+            layout[key] = (layout[key][0], _padded_shape(key, plan, shapes))
     n_atoms = np.concatenate([sh.n_atoms for sh in plan]) if plan else np.zeros(0, np.int64)
     n_mol = np.concatenate([sh.n_molecules for sh in plan]) if plan else np.zeros(0, np.int64)
     sizes = {"configs": len(n_atoms), "atoms": int(n_atoms.sum()), "molecules": int(n_mol.sum()),
@@ -342,7 +381,12 @@ def assemble(
                         if n:
                             f = files[sh.source[key]]
                             src = f._h5[key][()] if layout[key][0].kind == "S" else f.raw(group, name)
-                            out[key][at[group] : at[group] + n] = np.asarray(src)[idx[group]]
+                            block = np.asarray(src)[idx[group]]
+                            if block.shape[1:] != layout[key][1]:  # a fully masked narrower shard
+                                pad = [(0, 0)] + [(0, w - v) for v, w in zip(block.shape[1:], layout[key][1],
+                                                                            strict=True)]
+                                block = np.pad(block, pad)
+                            out[key][at[group] : at[group] + n] = block
                 finally:
                     for f in files:
                         f.close()
@@ -370,8 +414,14 @@ class ScfdataFile:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        if self.path.is_dir():
+            h5s = sorted(q.name for q in self.path.glob("*.h5"))
+            hint = (f"files in it: {', '.join(h5s[:6])}{' ...' if len(h5s) > 6 else ''}" if h5s
+                    else "it holds no .h5 file")
+            raise FormatError(f"{self.path}: is a directory, not an scfdata file; give the path of one "
+                              f"file ({hint})")
         if not self.path.exists():
-            raise FormatError(f"{self.path}: no such file")
+            raise FormatError(f"{self.path}: no such file; check the path (or build it first)")
         try:
             self._h5 = h5py.File(self.path, "r")
         except OSError as e:

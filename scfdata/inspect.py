@@ -13,21 +13,25 @@ from .h5io import ScfdataFile
 
 
 def _entry_mask(f: ScfdataFile, name: str) -> np.ndarray:
-    """Per-entry presence (first axis of the field's level) from the per-config mask."""
+    """Presence of every entry (first axis of the field's level) from the per-config mask, keeping a
+    component mask: for the dipole ((n, 3) mask) a masked component is absent even when others are not."""
     level = fields.FIELDS[name].level
-    m = np.asarray(f.mask(name))
-    per_config = m.reshape(len(m), -1).any(axis=1) if m.size else np.zeros(f.n_configs, bool)
+    m = np.asarray(f.mask(name), dtype=bool)
     if level == "config":
-        return per_config
+        return m
     ptr = f.atom_ptr if level == "atom" else f.molecule_ptr
-    return np.repeat(per_config, np.diff(ptr))
+    return np.repeat(m, np.diff(ptr), axis=0)
 
 
 def _stats(values: np.ndarray, present: np.ndarray, block: int = 1 << 20) -> dict:
-    """min/mean/max over present entries, read in blocks (memory stays bounded)."""
+    """min/mean/max over present entries (per component when ``present`` has the component axes), read
+    in blocks (memory stays bounded)."""
     lo, hi, total, count = np.inf, -np.inf, 0.0, 0
     for s in range(0, len(values), block):
-        v = np.asarray(values[s : s + block], dtype=np.float64)[present[s : s + block]]
+        v = np.asarray(values[s : s + block], dtype=np.float64)
+        p = np.asarray(present[s : s + block], dtype=bool)
+        p = np.broadcast_to(p.reshape(p.shape + (1,) * (v.ndim - p.ndim)), v.shape)
+        v = v[p]
         if v.size:
             lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
             total += float(v.sum())

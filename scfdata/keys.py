@@ -40,6 +40,35 @@ ALIASES = {
 EXTRA_NAMES = {"atomic_dipoles", "molecule", "esps"}
 
 
+def yaml_error_message(path: str | Path, err: yaml.YAMLError, what: str = "file") -> str:
+    """One line: the file, the line/column of a YAML syntax error (1-based), the problem, what to fix."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "(position unknown)"
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    context_mark = getattr(err, "context_mark", None)
+    if context and context_mark is not None:
+        problem += f" ({context} started at line {context_mark.line + 1}, column {context_mark.column + 1})"
+    elif context:
+        problem += f" ({context})"
+    return (f"{path}: not valid YAML at {where}: {problem}; fix the {what} there (check the indentation, "
+            "the ': ' after each key, and unclosed brackets or quotes)")
+
+
+def load_yaml(path: str | Path, what: str = "file"):
+    """The content of a YAML file; a syntax error is a one-line ValueError naming the file, the line and
+    the column. A missing file raises FileNotFoundError (the CLI prints it as one line too)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file (not UTF-8); expected a YAML {what}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(yaml_error_message(path, e, what)) from None
+
+
 def _canonical(name: str, where: str, strict: bool = True) -> str | None:
     name = ALIASES.get(name, name)
     if name is None:
@@ -92,9 +121,12 @@ class KeyMapping:
         """The first head's ``info_keys``/``arrays_keys`` of a MACE_SCF training config."""
         path = Path(path)
         try:
-            cfg = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as e:
-            raise ValueError(f"keys_from: cannot read MACE_SCF config {path}: {e}") from None
+            cfg = load_yaml(path, what="MACE_SCF config")
+        except OSError as e:
+            raise ValueError(f"keys_from: cannot read MACE_SCF config {path}: {e.strerror or e}") from None
+        if cfg is not None and not isinstance(cfg, dict):
+            raise ValueError(f"{path}: expected a MACE_SCF training config (a YAML mapping with `heads:`), "
+                             f"found a {type(cfg).__name__}")
         heads = (cfg or {}).get("heads")
         if isinstance(heads, dict) and heads:
             name, head = next(iter(heads.items()))

@@ -2,14 +2,18 @@
 
 Labels are int8: 0 train, 1 valid, 2 test. ``by``:
 
-- ``random``: each config on its own; exactly ``round(f * N)`` configs go to valid and to test.
+- ``random``: each config on its own; exactly ``n_test = round(test_fraction * N)`` configs go to
+  test and ``n_valid = min(round(valid_fraction * N), N - n_test)`` to valid (``round`` is Python's,
+  halves to even; the cap only matters when both round up, e.g. N = 3 with 0.5/0.5 gives 0/1/2
+  train/valid/test); the rest is train.
 - ``config_type``: configs with the same ``config_type`` stay together.
 - ``composition``: configs with the same composition stay together. The composition is the set of
   distinct molecule formulas of the config when molecules are known (so the same molecule never sits
   in train and in test), otherwise the config's Hill formula.
 
 Groups are shuffled with the seed and filled into test, then valid, until each reaches its target
-count (a split can overshoot by at most one group); the rest is train. The assignment depends only
+count (``n_test``, ``n_valid`` as above; a split can overshoot by at most one group, so train can end
+up with fewer than its share or none); the rest is train. The assignment depends only
 on the configs' order and content, not on the shard count. Not supported: stratification, weights.
 """
 
@@ -78,7 +82,7 @@ def assign_splits(
     groups: Sequence[np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """Labels (int8 per config) per shard. ``groups``: per shard, an integer group id per config
-    (global over the shards; None = every config its own group)."""
+    (global over the shards; None = every config its own group). Counts: see the module docstring."""
     if not (0 <= valid_fraction <= 1 and 0 <= test_fraction <= 1 and valid_fraction + test_fraction <= 1):
         raise ValueError(
             f"split fractions must be in [0, 1] with valid_fraction + test_fraction <= 1, got "
@@ -87,7 +91,8 @@ def assign_splits(
     sizes = [int(n) for n in n_per_shard]
     total = sum(sizes)
     labels = np.zeros(total, dtype=np.int8)
-    n_test, n_valid = round(test_fraction * total), round(valid_fraction * total)
+    n_test = round(test_fraction * total)
+    n_valid = min(round(valid_fraction * total), total - n_test)
     rng = np.random.default_rng(seed)
     if groups is None:
         perm = rng.permutation(total)

@@ -5,7 +5,9 @@ Per shard, :func:`shard_sums` reduces the (training) configs to sums that add ex
 - E0 least squares: with X the per-config element counts and y the energies, XᵀX, Xᵀy, plus the
   per-atom-weighted sums Σ X/N, Σ y/N, Σ XᵀX/N², Σ Xy/N², Σ y²/N² and the count; after solving
   XᵀX e = Xᵀy (minimum-norm solution when the system is under-determined), the mean and std of the
-  per-atom residual energies (y − X·e)/N follow from those sums without a second pass.
+  per-atom residual energies (y − X·e)/N follow from those sums without a second pass. Only elements
+  that occur in a config with an energy are fitted; the others get E0 = None (listed in
+  ``e0.elements_without_energy``) and do not count towards the rank.
 - count, mean and M2 (Chan/Welford merge) of every other target over its present entries (forces per
   component, ESPs also per element, charges, dipoles per masked component, ...).
 
@@ -179,12 +181,19 @@ def finalize(merged: dict) -> dict:
     out: dict = {"n_configs": merged["n_configs"], "n_atoms": merged["n_atoms"], "elements": symbols}
     e = merged.get("energy")
     if e and e["n"] > 0:
-        e0, rank = solve_e0(e["XtX"], e["Xty"])
-        under = rank < len(elements)
+        # only elements that occur in a config with an energy enter the fit (their XᵀX diagonal is > 0);
+        # the others have no E0 (None), and their all-zero rows must not lower the rank
+        xtx, xty = np.asarray(e["XtX"], dtype=np.float64), np.asarray(e["Xty"], dtype=np.float64)
+        fit = np.diag(xtx) > 0
+        fit_symbols = [s for s, f in zip(symbols, fit, strict=True) if f]
+        e0_fit, rank = solve_e0(xtx[np.ix_(fit, fit)], xty[fit])
+        e0 = np.zeros(len(elements))
+        e0[fit] = e0_fit
+        under = rank < len(fit_symbols)
         if under:
             warnings.warn(
-                f"E0 least squares is under-determined: rank {rank} < {len(elements)} elements "
-                f"({', '.join(symbols)}); every config has the same element ratios. The minimum-norm "
+                f"E0 least squares is under-determined: rank {rank} < {len(fit_symbols)} elements "
+                f"({', '.join(fit_symbols)}); every config has the same element ratios. The minimum-norm "
                 "solution is reported; use isolated-atom energies for E0 if you have them",
                 UnderdeterminedWarning, stacklevel=2,
             )
@@ -194,14 +203,15 @@ def finalize(merged: dict) -> dict:
         s2 = e["yy2"] - 2.0 * float(e0 @ xty2) + float(e0 @ xtx2 @ e0)
         mean = s1 / n
         per_atom = _summary({"n": n, "mean": mean, "m2": max(s2 - n * mean * mean, 0.0)})
-        out["atomic_energies"] = {s: float(v) for s, v in zip(symbols, e0)}
-        out["e0"] = {"method": "least_squares", "n_configs": n, "rank": rank, "n_elements": len(elements),
-                     "underdetermined": under}
+        out["atomic_energies"] = {s: (float(v) if f else None) for s, v, f in zip(symbols, e0, fit, strict=True)}
+        out["e0"] = {"method": "least_squares", "n_configs": n, "rank": rank, "n_elements": len(fit_symbols),
+                     "underdetermined": under,
+                     "elements_without_energy": [s for s, f in zip(symbols, fit, strict=True) if not f]}
         out["energy_per_atom"] = per_atom
     else:
         out["atomic_energies"] = None
         out["e0"] = {"method": "least_squares", "n_configs": 0, "rank": 0, "n_elements": len(elements),
-                     "underdetermined": True}
+                     "underdetermined": True, "elements_without_energy": symbols}
         out["energy_per_atom"] = _summary(None)
     targets = {name: _summary(mom) for name, mom in sorted(merged["targets"].items())}
     for name, per in merged["per_element"].items():

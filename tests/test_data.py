@@ -1,6 +1,7 @@
 """scfdata.data: batches equal the per-config reads; collate equals batch; works in a DataLoader."""
 
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
@@ -49,3 +50,22 @@ def test_dataloader_with_workers_reads_every_config_once(tmp_path):
                         num_workers=2)
     energies = torch.cat([b["energy"] for b in loader])
     np.testing.assert_array_equal(energies.numpy(), cols.configs["energy"])
+
+
+def test_scalar_indices_of_every_integer_kind_and_negative_wrap(tmp_path):
+    cols = make_file(tmp_path / "d.h5", n=9)
+    ds = H5Dataset(tmp_path / "d.h5")
+    ref = ds[4]
+    for index in (np.int64(4), np.int32(4), torch.tensor(4), np.array(4), -5, np.int64(-5), torch.tensor(-5)):
+        got = ds[index]
+        assert got.keys() == ref.keys()
+        for k in ref:
+            assert torch.equal(got[k], ref[k]), (index, k)
+    assert ds[-1]["energy"].item() == cols.configs["energy"][8]
+    b = ds[torch.tensor([-1, 0, -9])]
+    np.testing.assert_array_equal(b["energy"].numpy(), cols.configs["energy"][[8, 0, 0]])
+    for bad in (9, -10, [0, 9], torch.tensor(-10)):
+        with pytest.raises(IndexError, match=r"out of range .* 9 configs \(valid: -9 \.\. 8\)"):
+            ds[bad]
+    with pytest.raises(TypeError, match="integer"):
+        ds[1.5]

@@ -140,3 +140,92 @@ os._exit(9)   # killed before close()
     assert not (tmp_path / "out.h5").exists()
     with pytest.raises(FormatError, match="no such file"):
         ScfdataFile(tmp_path / "out.h5")
+
+
+def _mp_shard(n_atoms, width, present, seed):
+    """A shard with atomic_multipoles of ``width`` columns; configs with present=False hold zeros."""
+    rng = np.random.default_rng(seed)
+    n_atoms, present = np.asarray(n_atoms), np.asarray(present, bool)
+    mp = rng.normal(size=(int(n_atoms.sum()), width)) * np.repeat(present, n_atoms)[:, None]
+    return Columns(n_atoms=n_atoms, configs={"energy": rng.normal(size=len(n_atoms))},
+                   atoms={"numbers": rng.integers(1, 9, int(n_atoms.sum())), "atomic_multipoles": mp},
+                   masks={"energy": np.ones(len(n_atoms), bool), "atomic_multipoles": present})
+
+
+def test_assemble_pads_fully_masked_narrower_multipoles(tmp_path):
+    """A shard without any multipoles stores (n, 1) zeros: it is zero-padded to the other shards' width."""
+    shards = [_mp_shard([2, 3], 4, [True, True], 0), _mp_shard([1, 2, 2], 1, [False] * 3, 1),
+              _mp_shard([3], 4, [False], 2)]
+    paths = []
+    for k, b in enumerate(shards):
+        write_columns(tmp_path / f"s{k}.h5", b)
+        paths.append([tmp_path / f"s{k}.h5"])
+    assemble(tmp_path / "out.h5", paths)
+    with ScfdataFile(tmp_path / "out.h5") as f:
+        mp, mask = f.read("atomic_multipoles"), f.mask("atomic_multipoles")
+        assert mp.shape == (13, 4)
+        np.testing.assert_array_equal(mp[:5], shards[0].atoms["atomic_multipoles"])
+        np.testing.assert_array_equal(mp[5:], 0.0)
+        assert mask.tolist() == [True, True, False, False, False, False]
+        np.testing.assert_array_equal(f.read("energy"), np.concatenate([b.configs["energy"] for b in shards]))
+    # only the selected rows count: shard 1's data rows are left out, so it may be padded
+    b1 = _mp_shard([1, 2], 1, [True, False], 3)
+    write_columns(tmp_path / "d1.h5", b1)
+    assemble(tmp_path / "sel.h5", [paths[0], [tmp_path / "d1.h5"]], [None, np.array([1])])
+    with ScfdataFile(tmp_path / "sel.h5") as f:
+        assert f.read("atomic_multipoles").shape == (7, 4)
+
+
+def test_assemble_refuses_narrower_shape_that_holds_data(tmp_path):
+    write_columns(tmp_path / "a.h5", _mp_shard([2, 3], 4, [True, True], 0))
+    write_columns(tmp_path / "b.h5", _mp_shard([2], 1, [True], 1))  # real monopoles, not a placeholder
+    with pytest.raises(FormatError, match=r"atoms/atomic_multipoles: per-item shape differs.*\(4,\) in shard 0"
+                                          r".*\(1,\) in shard 1.*shard\(s\) 1 hold data"):
+        assemble(tmp_path / "out.h5", [[tmp_path / "a.h5"], [tmp_path / "b.h5"]])
+    with pytest.raises(FormatError, match=r"\(1,\) in shard 0, \(4,\) in shard 1.*shard\(s\) 0 hold data"):
+        assemble(tmp_path / "out.h5", [[tmp_path / "b.h5"], [tmp_path / "a.h5"]])
+    assert not (tmp_path / "out.h5").exists()
+
+
+def test_assemble_of_real_ingest_with_multipoles_in_some_frames(tmp_path):
+    """4 frames, multipoles in the first 2, ingested as 2 shards of 2 frames: assemble must succeed."""
+    import ase.io
+    from ase import Atoms
+
+    from scfdata.ingest import ingest
+    from scfdata.keys import KeyMapping
+
+    frames = []
+    for k in range(4):
+        a = Atoms("OHH", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])
+        a.info["E"] = -1.0 - k
+        if k < 2:
+            a.arrays["M"] = np.c_[np.array([-0.8, 0.4, 0.4]), np.full((3, 3), 0.01 * (k + 1))]
+        frames.append(a)
+    ase.io.write(tmp_path / "in.extxyz", frames, format="extxyz")
+    mapping = KeyMapping.from_dict({"info_keys": {"energy": "E"}, "arrays_keys": {"atomic_multipoles": "M"}})
+    shards = []
+    for k, (start, stop) in enumerate([(0, 2), (2, 4)]):
+        w = StreamWriter(tmp_path / f"shard{k}.h5")
+        ingest(w, [(0, tmp_path / "in.extxyz", start, stop)], mapping, on_error="raise")
+        shards.append([w.close()])
+    assemble(tmp_path / "out.h5", shards)
+    with ScfdataFile(tmp_path / "out.h5") as f:
+        mp = f.read("atomic_multipoles")
+        assert mp.shape == (12, 4)
+        np.testing.assert_allclose(mp[:6], np.concatenate([fr.arrays["M"] for fr in frames[:2]]))
+        np.testing.assert_array_equal(mp[6:], 0.0)
+        assert f.mask("atomic_multipoles").tolist() == [True, True, False, False]
+        np.testing.assert_array_equal(f.read("energy"), [-1.0, -2.0, -3.0, -4.0])
+
+
+def test_reader_on_a_directory_or_missing_path_says_so(tmp_path):
+    with pytest.raises(FormatError, match=r"is a directory, not an scfdata file.*holds no \.h5 file") as e:
+        ScfdataFile(tmp_path)
+    assert "truncated" not in str(e.value)
+    write_columns(tmp_path / "train.h5", block(3))
+    with pytest.raises(FormatError, match=r"is a directory.*files in it: train\.h5"):
+        ScfdataFile(tmp_path)
+    with pytest.raises(FormatError, match="no such file") as e:
+        ScfdataFile(tmp_path / "valid.h5")
+    assert "truncated" not in str(e.value)

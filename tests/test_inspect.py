@@ -47,3 +47,41 @@ def test_cli_errors_are_one_line_not_tracebacks(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr and "not a readable HDF5 file" in r.stderr
     r = subprocess.run([sys.executable, "-m", "scfdata.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "inspect" in r.stdout
+
+
+def test_stats_apply_the_dipole_component_mask(tmp_path):
+    """TTF slabs: dipole x, y masked (stored as 0 or junk), z present; masked components stay out."""
+    from scfdata.columns import Columns
+    from scfdata.h5io import write_columns
+    from scfdata.inspect import summarize
+
+    rng = np.random.default_rng(0)
+    n = 6
+    n_at = np.full(n, 2)
+    dipole = rng.normal(size=(n, 3))
+    dipole[3:, :2] = 1000.0  # masked components with values that would dominate max and mean
+    dmask = np.ones((n, 3), bool)
+    dmask[3:, :2] = False
+    dmask[5] = False  # a config with no dipole at all
+    forces = rng.normal(size=(2 * n, 3))
+    fmask = np.array([True, False, True, True, True, True])
+    forces[2:4] = 500.0  # config 1: forces absent
+    write_columns(tmp_path / "d.h5", Columns(
+        n_atoms=n_at, configs={"dipole": dipole}, atoms={"numbers": np.ones(2 * n, int), "forces": forces},
+        masks={"dipole": dmask, "forces": fmask}))
+    s = summarize(tmp_path / "d.h5")["fields"]
+    d = s["dipole"]
+    assert d["max"] == pytest.approx(dipole[dmask].max()) and d["min"] == pytest.approx(dipole[dmask].min())
+    assert d["mean"] == pytest.approx(dipole[dmask].mean()) and d["coverage"] == 5
+    f = s["forces"]
+    present = forces[np.repeat(fmask, 2)]
+    assert f["max"] == pytest.approx(present.max()) and f["mean"] == pytest.approx(present.mean())
+
+
+def test_inspect_directory_or_missing_path_says_so(tmp_path, capsys):
+    r = subprocess.run([sys.executable, "-m", "scfdata.cli", "inspect", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "is a directory" in r.stderr and "truncated" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "scfdata.cli", "inspect", str(tmp_path / "nope.h5")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "no such file" in r.stderr and "truncated" not in r.stderr

@@ -27,6 +27,26 @@ def test_random_split_exact_counts_and_deterministic():
     assert not np.array_equal(lab, other)
 
 
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 5, 7, 10, 11, 60])
+@pytest.mark.parametrize("f_valid,f_test", [(0.5, 0.5), (0.25, 0.25), (0.75, 0.25), (0.1, 0.2), (0.2, 0.1),
+                                            (0.05, 0.95), (0.0, 1.0), (0.35, 0.65)])
+def test_random_split_counts_follow_the_documented_formula(n, f_valid, f_test):
+    lab = np.concatenate(assign_splits([n], valid_fraction=f_valid, test_fraction=f_test, seed=2)) if n else []
+    counts = np.bincount(np.asarray(lab, dtype=np.int64), minlength=3)
+    n_test = round(f_test * n)
+    n_valid = min(round(f_valid * n), n - n_test)
+    assert counts.tolist() == [n - n_test - n_valid, n_valid, n_test]
+    assert all(c >= 0 for c in counts)
+
+
+def test_random_split_three_configs_half_half():
+    lab = np.concatenate(assign_splits([3], valid_fraction=0.5, test_fraction=0.5, seed=0))
+    assert np.bincount(lab, minlength=3).tolist() == [0, 1, 2]  # test round(1.5)=2, valid capped at 3-2
+    # the workflow example: 60 configs, 0.2 valid / 0.1 test -> 42/12/6
+    lab = np.concatenate(assign_splits([20, 40], valid_fraction=0.2, test_fraction=0.1, seed=3))
+    assert np.bincount(lab, minlength=3).tolist() == [42, 12, 6]
+
+
 def test_random_split_does_not_depend_on_sharding():
     one = assign_splits([100], valid_fraction=0.15, test_fraction=0.15, seed=1)[0]
     many = np.concatenate(assign_splits([10, 33, 0, 57], valid_fraction=0.15, test_fraction=0.15, seed=1))

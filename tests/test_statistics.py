@@ -92,3 +92,27 @@ def test_strict_json_without_data():
     text = json.dumps(out, allow_nan=False)
     assert json.loads(text)["forces"]["rms"] is None
     assert out["atomic_energies"] is None and out["n_configs"] == 0
+
+
+def test_elements_only_in_configs_without_energy_get_no_e0_and_no_warning():
+    # H2O configs with energies of independent compositions, plus Na/Cl configs whose energy is absent
+    comps = [(1, 1), (2, 1), (4, 3), (1, 2)]  # (n_H, n_O)
+    e0 = {1: -13.6, 8: -2041.0}
+    numbers = [np.r_[[1] * h, [8] * o] for h, o in comps] + [np.array([11, 17]), np.array([11, 11, 17])]
+    ptr = np.concatenate([[0], np.cumsum([len(z) for z in numbers])])
+    energy = np.array([h * e0[1] + o * e0[8] for h, o in comps] + [123.0, 456.0])
+    mask = np.array([True] * 4 + [False, False])
+    parts = [shard_sums(np.concatenate(numbers[:3]), ptr[:4], energy=(energy[:3], mask[:3])),
+             shard_sums(np.concatenate(numbers[3:]), ptr[3:] - ptr[3], energy=(energy[3:], mask[3:]))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnderdeterminedWarning)
+        out = finalize(merge(parts))
+    assert out["elements"] == ["H", "O", "Na", "Cl"]
+    assert out["atomic_energies"]["Na"] is None and out["atomic_energies"]["Cl"] is None
+    assert out["atomic_energies"]["H"] == pytest.approx(-13.6, rel=1e-9)
+    assert out["atomic_energies"]["O"] == pytest.approx(-2041.0, rel=1e-9)
+    assert out["e0"]["rank"] == 2 and out["e0"]["n_elements"] == 2 and not out["e0"]["underdetermined"]
+    assert out["e0"]["elements_without_energy"] == ["Na", "Cl"]
+    assert out["energy_per_atom"]["n"] == 4 and out["energy_per_atom"]["mean"] == pytest.approx(0.0, abs=1e-9)
+    assert out["energy_per_atom"]["std"] == pytest.approx(0.0, abs=1e-4)  # one-pass sums: sqrt(rounding)
+    assert json.loads(json.dumps(out, allow_nan=False))["atomic_energies"]["Na"] is None

@@ -294,3 +294,54 @@ def test_real_mace_scf_files_through_the_whole_workflow(tmp_path):
     check = subprocess.run([sys.executable, "-m", "scfdata.cli", "check", str(water_cfg),
                             str(tmp_path / "results" / "aims" / "train.h5")], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+# -- config checks added for the error-handling review: each stops a dry run before any job --------
+def _assert_stopped(proc: subprocess.CompletedProcess, tmp_path: Path, *expected: str) -> None:
+    err = proc.stdout + proc.stderr
+    assert proc.returncode != 0, err[-2000:]
+    for text in expected:
+        assert text in err, err[-2000:]
+    assert "Job stats" not in err and not (tmp_path / "results").exists()
+
+
+def test_unknown_molecule_centre_stops_before_any_job(tmp_path):
+    cfg = _config(molecules={"centre": "centroid"})
+    proc = _snakemake(tmp_path, "-n", "--configfile", str(_write(tmp_path / "bad.yaml", cfg)), check=False)
+    _assert_stopped(proc, tmp_path,
+                    "config: reference.molecules.centre: 'centroid' is not one of ['geometric', 'mass']")
+
+
+@pytest.mark.parametrize("esps, expected", [
+    ({"preset": "mace_scf", "max_l": 2}, "preset mace_scf evaluates multipoles up to l = 1"),
+    ({"preset": "mace_scf", "boundary": "pbc"},
+     "preset mace_scf has MACE_SCF's own boundary handling, got boundary 'pbc'"),
+    ({"kspace_cutoff": 2.0}, "kspace_cutoff is a setting of preset: mace_scf only"),
+])
+def test_esps_settings_the_preset_refuses_stop_before_any_job(tmp_path, esps, expected):
+    cfg = _config(esps={"enabled": True, **esps})
+    proc = _snakemake(tmp_path, "-n", "--configfile", str(_write(tmp_path / "bad.yaml", cfg)), check=False)
+    _assert_stopped(proc, tmp_path, "config: reference.esps", expected)
+
+
+def test_esps_preset_without_graph_longrange_stops_before_any_job(tmp_path):
+    import os
+
+    # a sitecustomize on PYTHONPATH hides graph_longrange from snakemake's interpreter (find_spec -> None)
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['graph_longrange'] = None\n")
+    cfg = _config(esps={"enabled": True, "preset": "mace_scf"})
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(tmp_path), "-n",
+           "--configfile", str(_write(tmp_path / "cfg.yaml", cfg))]
+    env = {**os.environ, "PYTHONPATH": str(hide)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    _assert_stopped(proc, tmp_path, "config: reference.esps.preset: mace_scf", "graph_longrange cannot be imported",
+                    "pip install 'scfdata[mace_scf]'")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("graph_longrange") is None, reason="graph-longrange not installed")
+def test_valid_esps_preset_dry_runs(tmp_path):
+    cfg = _config(esps={"enabled": True, "preset": "mace_scf", "max_l": 1})
+    proc = _snakemake(tmp_path, "-n", "--configfile", str(_write(tmp_path / "ok.yaml", cfg)))
+    assert "Job stats" in proc.stdout + proc.stderr

@@ -22,6 +22,7 @@ from ..ingest import check_keys_found
 from ..keys import KeyMapping
 from ..provenance import versions
 from ..split import SPLIT_NAMES, read_split
+from . import json_file, json_option
 
 log = logging.getLogger("scfdata.assemble")
 
@@ -59,6 +60,7 @@ def _clean(text: str) -> str:
 
 def run(args) -> int:
     shards = [s.split(",") for s in args.shard_files]
+    reference = json_option(args.reference, "--reference", "a JSON object of the reference settings")
     labels, split_meta = read_split(args.split)
     if len(labels) != len(shards):
         raise ValueError(f"{args.split} has labels for {len(labels)} shards, --shard-files gives {len(shards)}")
@@ -92,7 +94,7 @@ def run(args) -> int:
 
     inputs = base_prov.get("inputs", [])
     if args.index:
-        inputs = json.loads(Path(args.index).read_text())["inputs"]
+        inputs = json_file(args.index, "the index JSON written by `scfdata index`").get("inputs", [])
     n_in = sum(int(i.get("n_frames", 0)) for i in inputs)
     rejects.sort(key=lambda r: (r[0], r[1]))
     if args.index and n_in != n_written + len(rejects):
@@ -107,7 +109,7 @@ def run(args) -> int:
         "key_mapping": base_prov.get("key_mapping"),
         "validation": base_prov.get("validation"),
         "on_error": base_prov.get("on_error"),
-        "reference": json.loads(args.reference),
+        "reference": reference,
         # settings are the same in every shard; only the per-reason counts of masked configs add up
         "derive": {name: {**{kk: vv for kk, vv in provs[0].items() if kk not in ("inputs", "versions", "notes")},
                           "notes": _sum_counts([p.get("notes", {}) for p in provs])}

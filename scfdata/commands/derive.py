@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -12,6 +11,7 @@ from ..columns import Columns
 from ..derive import DERIVERS
 from ..h5io import read_columns, write_columns
 from ..provenance import versions
+from . import json_option
 
 log = logging.getLogger("scfdata.derive")
 
@@ -42,7 +42,7 @@ def union(paths) -> Columns:
 
 def run(args) -> int:
     t0 = time.perf_counter()
-    settings = json.loads(args.settings)
+    settings = json_option(args.settings, "--settings", f"a JSON object of the reference.{args.target} settings")
     cols = union(args.inputs)
     if cols.n_configs == 0:  # an empty shard (every frame rejected, or more shards than frames)
         write_columns(args.output, Columns(n_atoms=cols.n_atoms), provenance={"target": args.target,

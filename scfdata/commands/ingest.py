@@ -1,4 +1,9 @@
-"""`scfdata index` (count frames, plan shards) and `scfdata ingest` (frames -> scfdata HDF5)."""
+"""`scfdata index` (count frames, plan shards) and `scfdata ingest` (frames -> scfdata HDF5).
+
+Both refuse, before reading any frame, an empty input file and a file whose ase.io format is unknown
+(with the fix: ``--format`` here, ``format:`` in the workflow's dataset block). ``index`` also refuses
+an input in which it counts no frame, so the workflow never writes an empty dataset.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,13 @@ import logging
 import time
 from pathlib import Path
 
-import yaml
-
 from ..h5io import StreamWriter
-from ..ingest import check_keys_found, ingest, sha256
-from ..keys import KeyMapping, mapping_for_dataset
+from ..ingest import IngestError, check_keys_found, ingest, sha256
+from ..keys import KeyMapping, load_yaml, mapping_for_dataset
 from ..provenance import versions
 from ..shards import count_frames, plan_shards
 from ..validate import ValidationOptions
+from . import json_file, json_option
 
 log = logging.getLogger("scfdata.ingest")
 
@@ -42,9 +46,46 @@ def register(sub) -> None:
     p.set_defaults(func=run_ingest)
 
 
+_FORMAT_FIX = ("give the format: `--format NAME` on the command line, or `format: NAME` in the dataset's "
+               "block of the workflow config (NAME: an ase.io format, e.g. extxyz, vasp-out, aims-output; "
+               "see `ase info --formats`)")
+
+
+def check_readable(path: str | Path, fmt: str | None) -> None:
+    """Refuse an empty file and a format ase.io cannot read (unknown name or file type), naming the file.
+    A missing file is left to the reader (which names it)."""
+    from ase.io.formats import UnknownFileTypeError, filetype, get_ioformat
+
+    path = Path(path)
+    if not path.is_file():
+        return
+    if path.stat().st_size == 0:
+        raise IngestError(f"no frames in {path}: the file is empty; remove it from the inputs or regenerate it")
+    try:
+        name = fmt or filetype(str(path), read=True)
+    except UnknownFileTypeError as e:
+        raise IngestError(f"{path}: ase.io cannot tell the file format from its name or content ({e}); "
+                          f"{_FORMAT_FIX}") from None
+    try:
+        io = get_ioformat(name)
+    except UnknownFileTypeError:
+        what = f"--format {fmt!r} is not an ase.io format" if fmt else \
+            f"ase.io has no reader for {name!r} (the format guessed from the file name and content)"
+        raise IngestError(f"{path}: {what}; {_FORMAT_FIX}") from None
+    if not io.can_read:
+        raise IngestError(f"{path}: ase.io can write format {name!r} but not read it; {_FORMAT_FIX}")
+
+
 def run_index(args) -> int:
+    for p in args.inputs:
+        check_readable(p, args.format)
     inputs = [{"path": str(p), "sha256": sha256(p), "n_frames": count_frames(p, args.format)}
               for p in args.inputs]
+    for i in inputs:
+        if i["n_frames"] == 0:
+            raise IngestError(f"no frames in {i['path']}: 0 frames counted (format "
+                              f"{args.format or 'from the file name'}); remove it from the inputs, regenerate "
+                              "it, or check `--format` (the dataset's `format:`)")
     plan = plan_shards([i["n_frames"] for i in inputs], args.shards)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps({"inputs": inputs, "shards": plan, "format": args.format}, indent=1))
@@ -54,9 +95,13 @@ def run_index(args) -> int:
 
 
 def run_ingest(args) -> int:
-    settings = json.loads(args.settings) if args.settings else {}
+    settings = json_option(args.settings, "--settings", "a JSON object of the dataset's settings") \
+        if args.settings else {}
     if args.keys:
-        raw = yaml.safe_load(Path(args.keys).read_text()) or {}
+        raw = load_yaml(args.keys, what="key mapping") or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{args.keys}: expected a mapping with info_keys/arrays_keys (or a MACE_SCF "
+                             f"`heads:` block), found a {type(raw).__name__}")
         mapping = (KeyMapping.from_mace_scf_config(args.keys) if "heads" in raw
                    else KeyMapping.from_dict(raw, where=args.keys))
     elif args.keys_from:
@@ -66,7 +111,7 @@ def run_ingest(args) -> int:
     options = ValidationOptions(**settings.get("validation", {}))
     on_error = args.on_error or settings.get("on_error") or ("reject" if args.index else "raise")
     if args.index:
-        index = json.loads(Path(args.index).read_text())
+        index = json_file(args.index, "the index JSON written by `scfdata index`")
         if args.shard is None or not 0 <= args.shard < len(index["shards"]):
             raise ValueError(f"--shard must be in 0..{len(index['shards']) - 1}, got {args.shard}")
         inputs = index["inputs"]
@@ -78,6 +123,8 @@ def run_ingest(args) -> int:
         inputs = [{"path": str(p), "sha256": sha256(p)} for p in args.inputs]
         ranges = [(f, p, 0, None) for f, p in enumerate(args.inputs)]
         fmt = args.format
+    for path in dict.fromkeys(r[1] for r in ranges):
+        check_readable(path, fmt)
     provenance = {
         "inputs": inputs,
         "key_mapping": mapping.as_dict(),

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 
 from ..report import build_report
+from . import json_file
 
 log = logging.getLogger("scfdata.report")
 
@@ -21,8 +20,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    manifest = json.loads(Path(args.manifest).read_text())
-    stats = json.loads(Path(args.statistics).read_text()) if args.statistics else None
+    manifest = json_file(args.manifest, "the manifest.json written by `scfdata assemble`")
+    stats = None
+    if args.statistics:
+        stats = json_file(args.statistics, "the statistics.json written by `scfdata statistics`")
     out = build_report(manifest, stats, args.output, rejects_tsv=manifest.get("rejects"),
                        max_points=args.max_points)
     log.info("wrote %s", out)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
 
 from ..h5io import ScfdataFile
 from ..split import BY, SPLIT_NAMES, GroupIds, assign_splits, config_formulas, molecule_set_keys, write_split
+from . import json_option
 
 log = logging.getLogger("scfdata.split")
 
@@ -53,7 +53,7 @@ def _groups(by: str, shards: list[str], molecules: list[str]) -> tuple[list[str]
 
 
 def run(args) -> int:
-    s = json.loads(args.settings)
+    s = json_option(args.settings, "--settings", "a JSON object of the dataset's split settings")
     unknown = set(s) - {"valid_fraction", "test_fraction", "seed", "by"}
     if unknown:
         raise ValueError(f"split settings: unknown keys {sorted(unknown)}; expected valid_fraction, "

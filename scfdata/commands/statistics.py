@@ -16,6 +16,7 @@ from ..columns import ranges_index
 from ..h5io import ScfdataFile
 from ..split import SPLIT_NAMES, read_split
 from ..statistics import finalize, merge, shard_sums
+from . import json_file
 
 log = logging.getLogger("scfdata.statistics")
 
@@ -111,7 +112,7 @@ def run_shard(args) -> int:
 
 
 def run_merge(args) -> int:
-    parts = [json.loads(Path(p).read_text()) for p in args.sums]
+    parts = [json_file(p, "the sums JSON written by `scfdata statistics-shard`") for p in args.sums]
     subsets = sorted({p.get("subset", "all") for p in parts})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

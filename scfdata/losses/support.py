@@ -122,10 +122,9 @@ def _misspelt(expected: str, keys) -> str:
 
 def _stages(train_config) -> tuple[list[tuple[str, Mapping]], list[str]]:
     if isinstance(train_config, str | os.PathLike):
-        import yaml
+        from ..keys import load_yaml  # a syntax error: ValueError naming the file, line and column
 
-        with open(train_config) as fh:
-            train_config = yaml.safe_load(fh)
+        train_config = load_yaml(train_config, what="training config")
     if not isinstance(train_config, Mapping):
         return [], [f"the training config must be a mapping with a train_schedule, got "
                     f"{type(train_config).__name__}"]
@@ -147,7 +146,8 @@ def check_schedule(train_config, path_or_dataset) -> list[str]:
     """Every problem of every ``train_schedule`` stage against the data; an empty list means OK.
 
     Each message names the stage; an unsupported loss names the missing field. Losses with weight 0
-    are not checked against the data (they are never computed).
+    are not checked against the data (they are never computed). A training config path that is not
+    valid YAML raises ValueError naming the file, line and column.
     """
     stages, problems = _stages(train_config)
     if problems:

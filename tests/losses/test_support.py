@@ -120,3 +120,13 @@ def test_real_file(tmp_path):
     assert len(problems) == 2
     assert all(p.startswith("stage 's1'") for p in problems)
     assert "field 'esps' absent" in problems[0] and "field 'dipole' masked" in problems[1]
+
+
+def test_check_schedule_malformed_yaml_names_file_line_and_column(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("train_schedule:\n  - name: a\n    loss: {energy: 1.0\n  - name: b\n")
+    with pytest.raises(ValueError) as info:
+        check_schedule(str(path), full())
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: not valid YAML at line 4, column 9:") and "\n" not in msg
+    assert "line 3, column 11" in msg and "fix the training config there" in msg

@@ -97,6 +97,38 @@ def _check_config():
         split = ds.get("split") or {}
         if split.get("valid_fraction", 0) + split.get("test_fraction", 0) > 1:
             raise WorkflowError(f"config: {where}.split: valid_fraction + test_fraction must be <= 1")
+    _check_esps_preset()
+
+
+def _check_esps_preset():
+    """reference.esps settings (used by esps and fields) the derive step would refuse, and, with
+    preset: mace_scf, the packages the preset imports (graph-longrange, which imports mace)."""
+    esps = config["reference"]["esps"]
+    users = [t for t in ("esps", "fields") if t in ENABLED]
+    if not users:
+        return
+    import importlib.util
+
+    from scfdata.derive import _esp_settings
+    from scfdata.derive_esp_preset import preset_settings
+    from scfdata.reference.mace_scf_preset import INSTALL_HINT
+
+    try:
+        if esps.get("preset") is not None:
+            preset_settings(esps)
+        else:
+            _esp_settings(esps)
+    except ValueError as e:
+        raise WorkflowError(f"config: {e}") from None
+    if esps.get("preset") is None:
+        return
+    missing = [m for m in ("graph_longrange", "mace") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise WorkflowError(
+            f"config: reference.esps.preset: mace_scf (used by {' and '.join(users)}) computes the ESP with "
+            f"graph-longrange (MACE_SCF's electrostatics), but {' and '.join(missing)} cannot be imported in this "
+            f"environment: {INSTALL_HINT}, or remove `preset` from reference.esps"
+        )
 
 
 _check_config()

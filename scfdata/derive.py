@@ -90,7 +90,8 @@ def _esp_and_field(cols: Columns, settings: dict, with_fields: bool):
     _refuse_mapped_input(cols, "fields" if with_fields else "esps")
     mp, present = _multipole_source(cols, s)
     # max_l is an upper bound: data with charges only give the l=0 potential (recorded in derived_by)
-    s["max_l"] = min(int(s["max_l"]), int(round(np.sqrt(mp.shape[1]))) - 1)
+    if present.any():  # (a shard without any multipoles holds a placeholder column: keep the setting)
+        s["max_l"] = min(int(s["max_l"]), int(round(np.sqrt(mp.shape[1]))) - 1)
     cls = _pbc_class(cols.configs["pbc"])
     ok_boundary = np.isin(cls, list(_BOUNDARY_OF_PBC)) if s["boundary"] == "auto" else np.ones(len(cls), bool)
     live = present & ok_boundary

@@ -330,7 +330,9 @@ def energy_statistics(energy: np.ndarray, numbers: np.ndarray, atom_ptr: np.ndar
                       mask: np.ndarray) -> dict:
     """E0s by least squares over the configs with an energy, and mean/std of the per-atom remainder.
 
-    The same quantities as MACE's ``--E0s=average`` and its scale/shift statistics; plain numbers.
+    An element that occurs only in configs without an energy gets E0 = 0.0 (MACE needs a number for every
+    element) and is listed in ``elements_without_energy``. The same quantities as MACE's ``--E0s=average``
+    and its scale/shift statistics; plain numbers.
     """
     n_at = np.diff(atom_ptr)
     zs = np.unique(numbers).astype(np.int64)
@@ -342,9 +344,11 @@ def energy_statistics(energy: np.ndarray, numbers: np.ndarray, atom_ptr: np.ndar
     if m.sum() == 0:
         out.update(atomic_energies={}, mean=None, std=None)
         return out
-    e0 = np.linalg.lstsq(counts[m], energy[m], rcond=None)[0]
+    e0 = np.linalg.lstsq(counts[m], energy[m], rcond=None)[0]  # minimum norm: 0 for an element without data
     resid = (energy[m] - counts[m] @ e0) / n_at[m]
     out.update(
+        # MACE needs an E0 for every element; these get 0.0 and are listed so that a user can set them
+        elements_without_energy=[int(z) for z, seen in zip(zs, counts[m].any(axis=0), strict=True) if not seen],
         atomic_energies={str(int(z)): float(e) for z, e in zip(zs, e0, strict=True)},
         mean=float(resid.mean()),
         std=float(resid.std()) if m.sum() > 1 else 1.0,

@@ -263,3 +263,15 @@ def test_statistics_are_plain_json_numbers_and_least_squares(water, tmp_path):
     np.testing.assert_allclose(stats["avg_num_neighbors"], n_nb / ptr[-1], rtol=1e-12)
     mace = json.loads((out / "statistics_mace.json").read_text())
     assert isinstance(mace["atomic_energies"], str) and mace["atomic_numbers"] == "[1, 8]"
+
+
+def test_energy_statistics_lists_elements_without_energy():
+    from scfdata.export import energy_statistics
+
+    numbers = np.array([1, 1, 8, 8, 8, 1, 1, 11, 17])  # H2, O2, H2O with energies; NaCl without
+    atom_ptr = np.array([0, 2, 4, 7, 9])
+    e = np.array([2 * -13.6, 2 * -430.0, 2 * -13.6 - 430.0, np.nan])
+    out = energy_statistics(e, numbers, atom_ptr, np.array([True, True, True, False]))
+    assert out["elements_without_energy"] == [11, 17]
+    assert out["atomic_energies"]["1"] == pytest.approx(-13.6) and out["atomic_energies"]["8"] == pytest.approx(-430.0)
+    assert out["atomic_energies"]["11"] == 0.0 and out["std"] == pytest.approx(0.0, abs=1e-9)

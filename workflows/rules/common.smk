@@ -110,18 +110,17 @@ def _check_esps_preset():
     import importlib.util
 
     from scfdata.derive import _esp_settings
-    from scfdata.derive_esp_preset import preset_settings
-    from scfdata.reference.mace_scf_preset import INSTALL_HINT
 
     try:
-        if esps.get("preset") is not None:
-            preset_settings(esps)
-        else:
+        if esps.get("preset") is None:
             _esp_settings(esps)
+            return
+        from scfdata.derive_esp_preset import preset_settings  # imports torch: only with a preset
+
+        preset_settings(esps)
     except ValueError as e:
         raise WorkflowError(f"config: {e}") from None
-    if esps.get("preset") is None:
-        return
+    from scfdata.reference.mace_scf_preset import INSTALL_HINT
     missing = [m for m in ("graph_longrange", "mace") if importlib.util.find_spec(m) is None]
     if missing:
         raise WorkflowError(

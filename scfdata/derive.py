@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .columns import Columns
+from .reference.esp import pbc_labels
 
 _BOUNDARY_OF_PBC = {"FFF": "realspace", "TTT": "pbc", "TTF": "slab"}
 
@@ -30,10 +31,6 @@ class Derived:
 
     def __init__(self, cols: Columns, derived_by: dict, notes: dict | None = None):
         self.cols, self.derived_by, self.notes = cols, derived_by, notes or {}
-
-
-def _pbc_class(pbc: np.ndarray) -> np.ndarray:
-    return np.array(["".join("T" if p else "F" for p in row) for row in np.asarray(pbc).reshape(-1, 3)])
 
 
 def _atom_mask(cols: Columns, per_config: np.ndarray) -> np.ndarray:
@@ -92,7 +89,7 @@ def _esp_and_field(cols: Columns, settings: dict, with_fields: bool):
     # max_l is an upper bound: data with charges only give the l=0 potential (recorded in derived_by)
     if present.any():  # (a shard without any multipoles holds a placeholder column: keep the setting)
         s["max_l"] = min(int(s["max_l"]), int(round(np.sqrt(mp.shape[1]))) - 1)
-    cls = _pbc_class(cols.configs["pbc"])
+    cls = pbc_labels(cols.configs["pbc"])
     ok_boundary = np.isin(cls, list(_BOUNDARY_OF_PBC)) if s["boundary"] == "auto" else np.ones(len(cls), bool)
     live = present & ok_boundary
     notes = Counter({"no atomic_multipoles or charges in the config": int((~present).sum())})

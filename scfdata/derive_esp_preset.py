@@ -17,9 +17,9 @@ from .derive import (
     _atom_mask,
     _external_field,
     _multipole_source,
-    _pbc_class,
     _refuse_mapped_input,
 )
+from .reference.esp import pbc_labels
 from .reference.mace_scf_preset import (
     MACE_SCF_MAX_L,
     MACE_SCF_SMEARING_WIDTH,
@@ -73,7 +73,7 @@ def preset_esp_and_field(cols: Columns, settings: dict, with_fields: bool):
     mp, present = _multipole_source(cols, s)
     if present.any():  # (a shard without any multipoles holds a placeholder column: keep the setting)
         s["max_l"] = min(s["max_l"], int(round(np.sqrt(mp.shape[1]))) - 1)
-    cls = _pbc_class(cols.configs["pbc"])
+    cls = pbc_labels(cols.configs["pbc"])
     cells = np.asarray(cols.configs["cell"], dtype=float).reshape(-1, 3, 3)
     has_cell = np.abs(np.linalg.det(cells)) > 1e-6 if len(cells) else np.zeros(0, bool)
     ok_boundary = np.isin(cls, list(_BOUNDARY_OF_PBC))
@@ -97,7 +97,7 @@ def preset_esp_and_field(cols: Columns, settings: dict, with_fields: bool):
         k, ptr = mp[a_live][:, : (s["max_l"] + 1) ** 2], sub.atom_ptr
         q_cfg = np.bincount(np.repeat(np.arange(sub.n_configs), sub.n_atoms), weights=k[:, 0],
                             minlength=sub.n_configs)
-        slab = _pbc_class(sub.configs["pbc"]) == "TTF"
+        slab = pbc_labels(sub.configs["pbc"]) == "TTF"
         notes["charged TTF slabs (graph-longrange's slab ESP lacks the charged-slab terms)"] = int(
             (slab & (np.abs(q_cfg) > 1e-6)).sum())
         notes["charged FFF/TTT configs (periodic with a neutralising background, as MACE_SCF does)"] = int(

@@ -10,6 +10,7 @@ from ase.data import chemical_symbols
 
 from . import fields
 from .h5io import ScfdataFile
+from .reference.esp import pbc_labels
 
 
 def _entry_mask(f: ScfdataFile, name: str) -> np.ndarray:
@@ -49,7 +50,7 @@ def summarize(path) -> dict:
         counts = np.bincount(numbers) if numbers.size else np.zeros(0, int)
         elements = {chemical_symbols[z]: int(c) for z, c in enumerate(counts) if c}
         pbc = np.asarray(f.raw("configs", "pbc")).reshape(-1, 3) if f.exists("configs", "pbc") else []
-        classes = Counter("".join("T" if p else "F" for p in row) for row in pbc)
+        classes = Counter(pbc_labels(pbc).tolist())
         types = f.raw("configs", "config_type") if f.exists("configs", "config_type") else np.zeros(0, str)
         out_fields = {}
         for name in f.field_names():

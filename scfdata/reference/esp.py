@@ -27,7 +27,6 @@ import warnings
 
 import numpy as np
 
-from scfdata.reference.esp_realspace import realspace_potential_field
 from scfdata.reference.multipoles import multipoles_to_cartesian
 
 BOUNDARIES = ("auto", "realspace", "pbc", "slab", "molecule_in_box")
@@ -38,12 +37,51 @@ SOURCES = ("multipoles", "charges")
 PME_MIN_ATOMS = 150
 
 
-def _to_numpy(x, dtype=float):
+def to_numpy(x, dtype=float):
     if x is None:
         return None
     if hasattr(x, "detach") and hasattr(x, "cpu"):
         return x.detach().cpu().numpy().astype(dtype)
     return np.asarray(x, dtype=dtype)
+
+
+def batch_arrays(positions, multipoles, ptr, cells, pbc):
+    """Validated batch inputs: (positions (n, 3), multipoles (n, K), ptr, cells (c, 3, 3), pbc (c, 3)).
+
+    positions and multipoles stay torch tensors when given as tensors (numpy float64 otherwise); ptr,
+    cells (zeros when None) and pbc become numpy. A shape that does not fit is a ValueError saying which.
+    """
+    if not hasattr(positions, "detach"):
+        positions = np.asarray(positions, dtype=float)
+    if not hasattr(multipoles, "detach"):
+        multipoles = np.asarray(multipoles, dtype=float)
+    ptr_np = to_numpy(ptr, dtype=np.int64).reshape(-1)
+    pbc_np = to_numpy(pbc, dtype=bool).reshape(-1, 3)
+    n_cfg = ptr_np.shape[0] - 1
+    cells_np = np.zeros((n_cfg, 3, 3)) if cells is None else to_numpy(cells).reshape(-1, 3, 3)
+    if positions.ndim != 2 or positions.shape[1] != 3:
+        raise ValueError(f"`positions` must have shape [n_atoms, 3], got shape {list(positions.shape)}")
+    n = positions.shape[0]
+    mp = multipoles[:, None] if multipoles.ndim == 1 else multipoles
+    if mp.shape[0] != n:
+        raise ValueError(f"`multipoles` must have {n} rows (one per atom), got shape {list(mp.shape)}")
+    if ptr_np[0] != 0 or ptr_np[-1] != n or np.any(np.diff(ptr_np) < 0):
+        raise ValueError(f"`ptr` must rise from 0 to n_atoms={n}, got first {ptr_np[0]} and last {ptr_np[-1]}")
+    if pbc_np.shape[0] != n_cfg or cells_np.shape[0] != n_cfg:
+        raise ValueError(
+            f"`cells` (n_configs, 3, 3) and `pbc` (n_configs, 3) must have n_configs={n_cfg} rows, got "
+            f"{cells_np.shape[0]} and {pbc_np.shape[0]}"
+        )
+    return positions, mp, ptr_np, cells_np, pbc_np
+
+
+_PBC_LABELS = np.array(["FFF", "FFT", "FTF", "FTT", "TFF", "TFT", "TTF", "TTT"])
+
+
+def pbc_labels(pbc) -> np.ndarray:
+    """Per-config pbc pattern as a string, e.g. "TTF", from pbc (n, 3) bool (vectorised lookup)."""
+    p = np.asarray(pbc, dtype=bool).reshape(-1, 3)
+    return _PBC_LABELS[p[:, 0] * 4 + p[:, 1] * 2 + p[:, 2]]
 
 
 def boundary_classes(pbc, boundary: str = "auto") -> np.ndarray:
@@ -116,28 +154,11 @@ def compute_esps(
     -------
     esps (n_atoms,), fields (n_atoms, 3) or None.
     """
+    from scfdata.reference.esp_realspace import realspace_potential_field  # torch: imported when used
+
     torch_like = positions if hasattr(positions, "detach") else None
-    if torch_like is None:
-        positions = np.asarray(positions, dtype=float)
-    if not hasattr(multipoles, "detach"):
-        multipoles = np.asarray(multipoles, dtype=float)
-    ptr_np = _to_numpy(ptr, dtype=np.int64).reshape(-1)
-    pbc_np = _to_numpy(pbc, dtype=bool).reshape(-1, 3)
-    n_cfg = ptr_np.shape[0] - 1
-    cells_np = np.zeros((n_cfg, 3, 3)) if cells is None else _to_numpy(cells).reshape(-1, 3, 3)
-    if positions.ndim != 2 or positions.shape[1] != 3:
-        raise ValueError(f"`positions` must have shape [n_atoms, 3], got shape {list(positions.shape)}")
-    n = positions.shape[0]
-    mp = multipoles[:, None] if multipoles.ndim == 1 else multipoles
-    if mp.shape[0] != n:
-        raise ValueError(f"`multipoles` must have {n} rows (one per atom), got shape {list(mp.shape)}")
-    if ptr_np[0] != 0 or ptr_np[-1] != n or np.any(np.diff(ptr_np) < 0):
-        raise ValueError(f"`ptr` must rise from 0 to n_atoms={n}, got first {ptr_np[0]} and last {ptr_np[-1]}")
-    if pbc_np.shape[0] != n_cfg or cells_np.shape[0] != n_cfg:
-        raise ValueError(
-            f"`cells` (n_configs, 3, 3) and `pbc` (n_configs, 3) must have n_configs={n_cfg} rows, got "
-            f"{cells_np.shape[0]} and {pbc_np.shape[0]}"
-        )
+    positions, mp, ptr_np, cells_np, pbc_np = batch_arrays(positions, multipoles, ptr, cells, pbc)
+    n, n_cfg = positions.shape[0], ptr_np.shape[0] - 1
     if source not in SOURCES:
         raise ValueError(f"Unknown source {source!r}. Must be one of 'multipoles' or 'charges'.")
     if source == "charges":
@@ -161,7 +182,7 @@ def compute_esps(
         # open boundaries only: the realspace engine runs in torch, on the input's device (a GPU when there)
         return realspace_potential_field(positions, *multipoles_to_cartesian(mp, max_l), ptr_np, **opts)
 
-    pos, mp = _to_numpy(positions), _to_numpy(mp)
+    pos, mp = to_numpy(positions), to_numpy(mp)
     q, p, t = multipoles_to_cartesian(mp, max_l)
     esps = np.zeros(n)
     fields = np.zeros((n, 3)) if with_fields else None

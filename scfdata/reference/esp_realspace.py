@@ -37,15 +37,14 @@ import math
 import numpy as np
 import torch
 
-from scfdata.constants import K_E
 from scfdata.reference.multipole_kernels import (
     accumulate,
+    add_self_and_scale,
     g_coulomb,
     g_erf,
     is_torch,
     nmax_needed,
     pair_potential_field,
-    self_terms,
 )
 
 #: Configs with at most this many atoms are evaluated as dense padded (G, m, m) blocks.
@@ -499,14 +498,7 @@ def realspace_potential_field(
     bad = ~torch.isfinite(esps if fields is None else esps + fields.sum(1))
     if bool(bad.any()):
         _raise_non_finite(pos, q, p, t, ptr_np, int(torch.nonzero(bad)[0]))
-    if self_interaction == "include":
-        v, e = self_terms(q, p, sigma, with_fields)
-        esps += v
-        if with_fields:
-            fields += e
-    esps *= K_E
-    if with_fields:
-        fields *= K_E
+    add_self_and_scale(esps, fields, q, p, sigma, self_interaction == "include")
     if torch_out:
         out_dtype = positions.dtype if positions.is_floating_point() else torch.float64
         return esps.to(out_dtype), (None if fields is None else fields.to(out_dtype))

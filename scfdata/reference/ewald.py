@@ -32,11 +32,11 @@ from scipy.spatial import cKDTree
 from scfdata.constants import K_E
 from scfdata.reference.multipole_kernels import (
     accumulate,
+    add_self_and_scale,
     g_erf_at_zero,
     g_erfc,
     nmax_needed,
     pair_potential_field,
-    self_terms,
 )
 
 #: Balance between one real-space pair and one (atom, k-vector) term, measured with numpy (see benchmarks).
@@ -249,12 +249,5 @@ def ewald_sum(positions, charges, dipoles, quadrupoles, cell, *, choose, recipro
         fields += e
         if dipoles is not None:
             fields -= dipoles * g_erf_at_zero(gamma, 1)
-    if self_interaction == "include":
-        v, e = self_terms(q, dipoles, sigma, with_fields)
-        esps += v
-        if with_fields:
-            fields += e
-    esps *= K_E
-    if with_fields:
-        fields *= K_E
+    add_self_and_scale(esps, fields, q, dipoles, sigma, self_interaction == "include")
     return esps, fields

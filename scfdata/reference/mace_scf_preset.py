@@ -72,6 +72,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from scfdata.reference.esp import batch_arrays, pbc_labels, to_numpy
+
 #: graph-longrange release this preset is pinned to (the `mace_scf` extra installs exactly this one).
 GRAPH_LONGRANGE_VERSION = "0.4.4"
 #: MACE_SCF's defaults for the density (``--atomic_multipoles_smearing_width``, ``--atomic_multipoles_max_l``).
@@ -169,16 +171,6 @@ def converged_kspace_cutoff(smearing_width: float, tolerance: float, strength: f
     return x * math.sqrt(2.0) / sigma
 
 
-def _pbc_class(pbc: np.ndarray) -> np.ndarray:
-    return np.array(["".join("T" if p else "F" for p in row) for row in pbc])
-
-
-def _to_numpy(x, dtype=float):
-    if hasattr(x, "detach") and hasattr(x, "cpu"):
-        return x.detach().cpu().numpy().astype(dtype)
-    return np.asarray(x, dtype=dtype)
-
-
 def _estimate_n_k(volume: np.ndarray, kc: float) -> np.ndarray:
     """Number of half-space k-vectors within k_c (the sphere's volume over the reciprocal cell's, halved)."""
     return volume * kc**3 / (12.0 * math.pi**2) + 1.0
@@ -245,26 +237,11 @@ def mace_scf_esps(
     import torch
 
     torch_like = positions if hasattr(positions, "detach") else None
-    pos = _to_numpy(positions)
-    mp = _to_numpy(multipoles)
-    ptr_np = _to_numpy(ptr, dtype=np.int64).reshape(-1)
-    pbc_np = _to_numpy(pbc, dtype=bool).reshape(-1, 3)
-    n_cfg = ptr_np.shape[0] - 1
-    cells_np = _to_numpy(cells).reshape(-1, 3, 3)
-    if pos.ndim != 2 or pos.shape[1] != 3:
-        raise ValueError(f"`positions` must have shape [n_atoms, 3], got shape {list(pos.shape)}")
-    n = pos.shape[0]
-    if mp.ndim == 1:
-        mp = mp[:, None]
-    if mp.shape[0] != n or mp.shape[1] not in (1, 4, 9):
+    pos, mp, ptr_np, cells_np, pbc_np = batch_arrays(positions, multipoles, ptr, cells, pbc)
+    pos, mp = to_numpy(pos), to_numpy(mp)
+    n, n_cfg = pos.shape[0], ptr_np.shape[0] - 1
+    if mp.shape[1] not in (1, 4, 9):
         raise ValueError(f"`multipoles` must have shape [{n}, K] with K in (1, 4, 9), got {list(mp.shape)}")
-    if ptr_np[0] != 0 or ptr_np[-1] != n or np.any(np.diff(ptr_np) < 0):
-        raise ValueError(f"`ptr` must rise from 0 to n_atoms={n}, got first {ptr_np[0]} and last {ptr_np[-1]}")
-    if pbc_np.shape[0] != n_cfg or cells_np.shape[0] != n_cfg:
-        raise ValueError(
-            f"`cells` (n_configs, 3, 3) and `pbc` (n_configs, 3) must have n_configs={n_cfg} rows, got "
-            f"{cells_np.shape[0]} and {pbc_np.shape[0]}"
-        )
     if max_l not in (0, 1):
         raise ValueError(
             f"preset mace_scf supports max_l 0 or 1 (graph-longrange {GRAPH_LONGRANGE_VERSION} has no l = 2 "
@@ -276,7 +253,7 @@ def mace_scf_esps(
         raise ValueError(f"tolerance must be > 0 (volts), got {tolerance}")
     max_l = min(max_l, {1: 0, 4: 1, 9: 2}[mp.shape[1]])
     mp = mp[:, : (max_l + 1) ** 2]
-    cls = _pbc_class(pbc_np)
+    cls = pbc_labels(pbc_np)
     bad = ~np.isin(cls, _PBC_CLASSES)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -295,7 +272,7 @@ def mace_scf_esps(
         )
     field = None
     if external_field is not None:
-        field = _to_numpy(external_field).reshape(-1, 3)
+        field = to_numpy(external_field).reshape(-1, 3)
         if field.shape[0] != n_cfg:
             raise ValueError(f"`external_field` must have shape [{n_cfg}, 3], got {list(field.shape)}")
     if kspace_cutoff is None:

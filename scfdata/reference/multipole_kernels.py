@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from scipy.special import erfc
 
+from scfdata.constants import K_E
+
 SQRT_PI = math.sqrt(math.pi)
 
 
@@ -148,3 +150,16 @@ def self_terms(q, p, sigma, with_fields):
         if p is not None:
             e = e + p * g_erf_at_zero(beta, 1)
     return v, e
+
+
+def add_self_and_scale(esps, fields, q, p, sigma: float, include_self: bool) -> None:
+    """In place, on sums in units of k_e: add each atom's own smeared density at its centre when
+    ``include_self`` (σ > 0), then convert to V and V/Å (× k_e). ``fields`` may be None."""
+    if include_self:
+        v, e = self_terms(q, p, sigma, fields is not None)
+        esps += v
+        if fields is not None:
+            fields += e
+    esps *= K_E
+    if fields is not None:
+        fields *= K_E

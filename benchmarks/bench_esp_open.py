@@ -6,7 +6,8 @@ The issue's goal: at least 20x faster than a per-config loop over the direct sum
 to read the same arrays from HDF5. Reported (best of ``--repeats`` runs each):
 
 * ``compute_esps`` (the public entry point, l = 1, with and without fields) and the engine alone
-  (``realspace_potential_field`` on Cartesian arrays; ``compute_esps`` adds its own conversion and gathers);
+  (``realspace_potential_field`` on Cartesian arrays): on the CPU that is the compiled numba loop;
+* the torch engine on the CPU (``engine="torch"``: the path tensors on a GPU take), for comparison;
 * the alternatives a user would write: a per-config loop over a plain numpy direct sum (dense (n, n)
   arrays per molecule) for charges only and for charges + dipoles, and a per-config loop of engine calls;
 * torch-pme's direct sum over a prebuilt half pair list (charges only), when torch-pme is installed;
@@ -131,12 +132,18 @@ def main():
     cells = np.zeros((n_cfg, 3, 3))
     pbc = np.zeros((n_cfg, 3), bool)
     q, p = mp[:, 0].copy(), mp[:, [3, 1, 2]].copy()
-    compute_esps(pos[:100], mp[:100], np.array([0, 100]), cells[:1], pbc[:1])  # warm-up
+    t0 = time.perf_counter()
+    compute_esps(pos[:100], mp[:100], np.array([0, 100]), cells[:1], pbc[:1])  # warm-up (numba: compile or load)
+    realspace_potential_field(pos[:100], q[:100], p[:100], None, np.array([0, 100]))
+    realspace_potential_field(pos[:100], q[:100], None, None, np.array([0, 100]))
+    compute_esps(pos[:100], mp[:100], np.array([0, 100]), cells[:1], pbc[:1], with_fields=True)
+    t_first = time.perf_counter() - t0
 
     t_batch, (v, _) = best_of(lambda: compute_esps(pos, mp, ptr, cells, pbc, max_l=1), rep)
     t_fields, _ = best_of(lambda: compute_esps(pos, mp, ptr, cells, pbc, max_l=1, with_fields=True), rep)
     t_engine, _ = best_of(lambda: realspace_potential_field(pos, q, p, None, ptr), rep)
     t_engine_q, (v_q, _) = best_of(lambda: realspace_potential_field(pos, q, None, None, ptr), rep)
+    t_torch, (v_torch, _) = best_of(lambda: realspace_potential_field(pos, q, p, None, ptr, engine="torch"), rep)
     t_loop, v_loop = best_of(lambda: loop_direct_sum(pos, mp, ptr), min(rep, 2))
     t_loop_q, v_loop_q = best_of(lambda: loop_direct_sum(pos, mp, ptr, dipoles=False), min(rep, 2))
     t_calls, _ = best_of(
@@ -153,6 +160,7 @@ def main():
         ("compute_esps, l=1 + fields", t_fields),
         ("engine only, l=1", t_engine),
         ("engine only, charges", t_engine_q),
+        ("torch engine (CPU), l=1", t_torch),
         ("numpy loop per config, l=1", t_loop),
         ("numpy loop per config, charges", t_loop_q),
         ("engine call per config, l=1", t_calls),
@@ -163,11 +171,13 @@ def main():
         rows += [("HDF5 read (file, warm cache)", reads[0]), ("HDF5 read (in memory)", reads[1])]
     for name, t in rows:
         print(f"  {name:32s} {t * 1e3:9.1f} ms")
+    print(f"  first calls (numba compile or cache load, 4 variants) {t_first:.2f} s")
     print("ratios")
     print(f"  numpy loop l=1 / compute_esps l=1       {t_loop / t_batch:6.1f} x   (goal >= 20)")
     print(f"  numpy loop l=1 / engine l=1             {t_loop / t_engine:6.1f} x")
     print(f"  numpy loop charges / engine charges     {t_loop_q / t_engine_q:6.1f} x")
     print(f"  engine calls per config / compute_esps  {t_calls / t_batch:6.1f} x")
+    print(f"  torch engine l=1 / numba engine l=1     {t_torch / t_engine:6.1f} x")
     if t_pme is not None:
         print(f"  torch-pme charges / engine charges      {t_pme / t_engine_q:6.1f} x")
     if reads is not None:
@@ -177,6 +187,7 @@ def main():
     print("max |difference|")
     print(f"  compute_esps vs numpy loop, l=1         {np.abs(v - v_loop).max():8.1e} V")
     print(f"  engine vs numpy loop, charges           {np.abs(v_q - v_loop_q).max():8.1e} V")
+    print(f"  torch engine vs numpy loop, l=1         {np.abs(v_torch - v_loop).max():8.1e} V")
     if v_pme is not None:
         print(f"  engine vs torch-pme, charges            {np.abs(v_q - v_pme).max():8.1e} V")
 

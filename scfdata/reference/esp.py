@@ -84,8 +84,13 @@ def pbc_labels(pbc) -> np.ndarray:
     return _PBC_LABELS[p[:, 0] * 4 + p[:, 1] * 2 + p[:, 2]]
 
 
-def boundary_classes(pbc, boundary: str = "auto") -> np.ndarray:
-    """Per-config boundary name (array of str) from pbc (n, 3) and the requested boundary."""
+#: Boundary class of a config, as a small integer code (index into this array).
+_CLASS_NAMES = np.array(["realspace", "pbc", "slab", "molecule_in_box"])
+_REALSPACE, _PBC, _SLAB, _MOLECULE_IN_BOX = range(4)
+
+
+def _class_codes(pbc, boundary: str) -> np.ndarray:
+    """Per-config boundary class codes (int8, see ``_CLASS_NAMES``), vectorised over configs."""
     if boundary not in BOUNDARIES:
         raise ValueError(
             f"Unknown boundary {boundary!r}. Must be one of 'auto', 'realspace', 'pbc', 'slab', or "
@@ -93,12 +98,10 @@ def boundary_classes(pbc, boundary: str = "auto") -> np.ndarray:
         )
     pbc = np.asarray(pbc, dtype=bool).reshape(-1, 3)
     if boundary != "auto":
-        return np.full(pbc.shape[0], boundary, dtype=object)
-    out = np.empty(pbc.shape[0], dtype=object)
+        return np.full(pbc.shape[0], list(_CLASS_NAMES).index(boundary), dtype=np.int8)
     fff = ~pbc.any(axis=1)
     ttt = pbc.all(axis=1)
     ttf = pbc[:, 0] & pbc[:, 1] & ~pbc[:, 2]
-    out[fff], out[ttt], out[ttf] = "realspace", "pbc", "slab"
     bad = ~(fff | ttt | ttf)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -106,7 +109,12 @@ def boundary_classes(pbc, boundary: str = "auto") -> np.ndarray:
             f"config {i} has pbc={pbc[i].tolist()}: boundary='auto' handles only FFF (realspace), TTT (pbc) "
             "and TTF (slab, z open); set `boundary` explicitly or fix the pbc flags"
         )
-    return out
+    return np.where(ttt, _PBC, np.where(ttf, _SLAB, _REALSPACE)).astype(np.int8)
+
+
+def boundary_classes(pbc, boundary: str = "auto") -> np.ndarray:
+    """Per-config boundary name (array of str) from pbc (n, 3) and the requested boundary."""
+    return _CLASS_NAMES[_class_codes(pbc, boundary)]
 
 
 def _atoms_of(ptr: np.ndarray, configs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -175,20 +183,24 @@ def compute_esps(
     if not tolerance > 0:
         raise ValueError(f"tolerance must be > 0 (volts), got {tolerance}")
     mp = mp[:, : (max_l + 1) ** 2] if mp.shape[1] > 1 else mp
-    classes = boundary_classes(pbc_np, boundary)
+    codes = _class_codes(pbc_np, boundary)
     opts = dict(smearing_width=float(smearing_width), self_interaction=self_interaction, with_fields=with_fields)
-    open_cfg = np.flatnonzero((classes == "realspace") | (classes == "molecule_in_box"))
+    open_cfg = np.flatnonzero((codes == _REALSPACE) | (codes == _MOLECULE_IN_BOX))
     if torch_like is not None and open_cfg.size == n_cfg:
         # open boundaries only: the realspace engine runs in torch, on the input's device (a GPU when there)
         return realspace_potential_field(positions, *multipoles_to_cartesian(mp, max_l), ptr_np, **opts)
 
     pos, mp = to_numpy(positions), to_numpy(mp)
+    if open_cfg.size == n_cfg and max_l <= 1:  # all open, l <= 1: the multipoles read in place, no copies
+        return realspace_potential_field(pos, mp[:, 0], mp if max_l else None, None, ptr_np,
+                                         dipole_columns=(3, 1, 2), **opts)
     q, p, t = multipoles_to_cartesian(mp, max_l)
+    if open_cfg.size == n_cfg:
+        return realspace_potential_field(pos, q, p, t, ptr_np, **opts)
     esps = np.zeros(n)
     fields = np.zeros((n, 3)) if with_fields else None
     if open_cfg.size:
-        # all configs open: no gather/scatter
-        idx, sub_ptr = (slice(None), ptr_np) if open_cfg.size == n_cfg else _atoms_of(ptr_np, open_cfg)
+        idx, sub_ptr = _atoms_of(ptr_np, open_cfg)
         v, e = realspace_potential_field(
             pos[idx], q[idx], None if p is None else p[idx], None if t is None else t[idx], sub_ptr, **opts
         )
@@ -196,7 +208,7 @@ def compute_esps(
         if with_fields:
             fields[idx] = e
 
-    per_cfg = np.flatnonzero((classes == "pbc") | (classes == "slab"))
+    per_cfg = np.flatnonzero((codes == _PBC) | (codes == _SLAB))
     if per_cfg.size:
         from scfdata.reference import pme
         from scfdata.reference.ewald import ewald_potential_field
@@ -206,11 +218,12 @@ def compute_esps(
             a, b = int(ptr_np[c]), int(ptr_np[c + 1])
             if a == b:
                 continue
-            fn = ewald_potential_field if classes[c] == "pbc" else slab_potential_field
-            if classes[c] == "pbc" and b - a >= PME_MIN_ATOMS:
+            periodic = codes[c] == _PBC
+            fn = ewald_potential_field if periodic else slab_potential_field
+            if periodic and b - a >= PME_MIN_ATOMS:
                 fn = pme.pme_potential_field
             total = float(q[a:b].sum())
-            if classes[c] == "pbc" and abs(total) > 1e-8:
+            if periodic and abs(total) > 1e-8:
                 warnings.warn(
                     f"config {int(c)} (pbc) carries a net charge {total:.6g} e: a uniform neutralising "
                     "background is added (gauge: zero cell-average potential, see scfdata.reference.ewald)",

@@ -78,7 +78,9 @@ def multipoles_to_cartesian(multipoles, max_l: int | None = None):
             "lower max_l or provide the higher multipoles"
         )
     charges = m[:, 0] * 1.0  # a copy, numpy or torch
-    dipoles = m[:, [3, 1, 2]] if max_l >= 1 else None
+    dipoles = None
+    if max_l >= 1:  # row-major (n, 3), as the engines read it
+        dipoles = m[:, [3, 1, 2]].contiguous() if is_tensor else np.take(m, [3, 1, 2], axis=1)
     quads = None
     if max_l >= 2:
         q = m[:, 4:9]

@@ -11,6 +11,8 @@ from scfdata.reference.esp_realspace import realspace_potential_field
 from scfdata.reference.multipole_kernels import g_erf, g_erfc
 
 RNG = np.random.default_rng(7)
+#: The CPU's compiled loop and the torch engine (the one that runs on GPUs), both checked on the CPU.
+ENGINES = ["numba", "torch"]
 
 
 def _random_system(n, with_quads=True):
@@ -21,6 +23,11 @@ def _random_system(n, with_quads=True):
     t = t + t.transpose(0, 2, 1)
     t -= np.trace(t, axis1=1, axis2=2)[:, None, None] / 3 * np.eye(3)
     return pos, q, p, (t if with_quads else None)
+
+
+def _esp(engine, *args, **kwargs):
+    """realspace_potential_field on the given engine."""
+    return realspace_potential_field(*args, engine=engine, **kwargs)
 
 
 def _plain_point_sum(pos, q, p, t):
@@ -37,12 +44,16 @@ def _plain_point_sum(pos, q, p, t):
     return K_E * v
 
 
-@pytest.mark.parametrize("dense_max", [64, 4, 0])
-def test_against_plain_sum_batched_and_chunked(dense_max, monkeypatch):
-    """Both paths: size-grouped dense blocks (small configs) and the flat chunked pair list (large ones)."""
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("small_max", [64, 4, 0])
+def test_against_plain_sum_batched_and_chunked(engine, small_max, monkeypatch):
+    """Every path: torch's size-grouped dense blocks and flat chunked pair list; numba's one-config-per-thread
+    half loop and its one-row-per-thread loop for large configs (thresholds lowered to reach them)."""
+    import scfdata.reference.direct_sum_numba as numba_mod
     import scfdata.reference.esp_realspace as mod
 
-    monkeypatch.setattr(mod, "_DENSE_MAX_ATOMS", dense_max)
+    monkeypatch.setattr(mod, "_DENSE_MAX_ATOMS", small_max)
+    monkeypatch.setattr(numba_mod, "_HALF_LOOP_MAX_ATOMS", small_max)
     systems = [_random_system(n) for n in (1, 2, 5, 9)]
     pos = np.concatenate([s[0] for s in systems])
     q = np.concatenate([s[1] for s in systems])
@@ -51,20 +62,21 @@ def test_against_plain_sum_batched_and_chunked(dense_max, monkeypatch):
     ptr = np.array([0, 1, 3, 8, 17])
     want = np.concatenate([_plain_point_sum(*s) for s in systems])
     for max_pairs in (7, 10_000):
-        got, _ = realspace_potential_field(pos, q, p, t, ptr, max_pairs=max_pairs)
+        got, _ = realspace_potential_field(pos, q, p, t, ptr, max_pairs=max_pairs, engine=engine)
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-10)
     assert got[0] == 0.0  # a lone atom feels nothing
 
 
 @pytest.mark.parametrize("sigma", [0.3, 1.5])
-def test_gaussian_charge_potential(sigma):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_gaussian_charge_potential(sigma, engine):
     r = np.array([0.01, 0.2, 0.9, 1.7, 4.0, 12.0])
     pos = np.zeros((2 * len(r), 3))
     pos[1::2, 0] = r
     q = np.tile([0.0, 1.0], len(r))
     q[0::2] = 0.0
     ptr = np.arange(0, 2 * len(r) + 1, 2)
-    v, _ = realspace_potential_field(pos, q, None, None, ptr, smearing_width=sigma)
+    v, _ = _esp(engine, pos, q, None, None, ptr, smearing_width=sigma)
     np.testing.assert_allclose(v[0::2], K_E * erf(r / (math.sqrt(2) * sigma)) / r, rtol=1e-12)
 
 
@@ -85,7 +97,8 @@ def test_erf_kernel_series_and_recursion_agree():
 
 
 @pytest.mark.parametrize("sigma", [0.0, 0.8])
-def test_dipole_and_quadrupole_are_limits_of_charge_arrays(sigma):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_dipole_and_quadrupole_are_limits_of_charge_arrays(sigma, engine):
     """A dipole = ±q at ±d/2 and a linear quadrupole = (q, −2q, q), for d -> 0 (point and Gaussian)."""
     probe = np.array([[1.1, -0.7, 1.9]])
     axis = np.array([0.3, 0.5, -0.81])
@@ -93,8 +106,9 @@ def test_dipole_and_quadrupole_are_limits_of_charge_arrays(sigma):
     d = 1e-3
     # dipole p = q d axis
     pos = np.concatenate([probe, [d / 2 * axis], [-d / 2 * axis]])
-    v_charges, _ = realspace_potential_field(pos, np.array([0.0, 1 / d, -1 / d]), smearing_width=sigma)
-    v_dip, _ = realspace_potential_field(
+    v_charges, _ = _esp(engine, pos, np.array([0.0, 1 / d, -1 / d]), smearing_width=sigma)
+    v_dip, _ = _esp(
+        engine,
         np.concatenate([probe, [[0, 0, 0]]]), np.zeros(2), np.array([[0, 0, 0], axis]), smearing_width=sigma
     )
     assert abs(v_charges[0] - v_dip[0]) < 1e-5 * abs(v_dip[0])
@@ -103,11 +117,13 @@ def test_dipole_and_quadrupole_are_limits_of_charge_arrays(sigma):
     b /= np.linalg.norm(b)
     big_q = 1 / d**2
     pos = np.concatenate([probe, [d * axis], [-d * axis], [d * b], [-d * b]])
-    v_charges, _ = realspace_potential_field(
+    v_charges, _ = _esp(
+        engine,
         pos, np.array([0, big_q, big_q, -big_q, -big_q]), smearing_width=sigma
     )
     theta = 3 * (np.outer(axis, axis) - np.outer(b, b))[None]
-    v_quad, _ = realspace_potential_field(
+    v_quad, _ = _esp(
+        engine,
         np.concatenate([probe, [[0, 0, 0]]]), np.zeros(2), None, np.concatenate([np.zeros((1, 3, 3)), theta]),
         smearing_width=sigma,
     )
@@ -115,54 +131,58 @@ def test_dipole_and_quadrupole_are_limits_of_charge_arrays(sigma):
 
 
 @pytest.mark.parametrize("sigma", [0.0, 1.0])
-def test_fields_are_minus_gradient(sigma):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fields_are_minus_gradient(sigma, engine):
     pos, q, p, t = _random_system(6)
-    v0, e0 = realspace_potential_field(pos, q, p, t, smearing_width=sigma, with_fields=True)
+    v0, e0 = _esp(engine, pos, q, p, t, smearing_width=sigma, with_fields=True)
     h = 1e-5
     for i in (0, 3):
         for c in range(3):
             pp, pm = pos.copy(), pos.copy()
             pp[i, c] += h
             pm[i, c] -= h
-            vp = realspace_potential_field(pp, q, p, t, smearing_width=sigma)[0][i]
-            vm = realspace_potential_field(pm, q, p, t, smearing_width=sigma)[0][i]
+            vp = _esp(engine, pp, q, p, t, smearing_width=sigma)[0][i]
+            vm = _esp(engine, pm, q, p, t, smearing_width=sigma)[0][i]
             assert abs(-(vp - vm) / (2 * h) - e0[i, c]) < 1e-6 * max(1.0, abs(e0[i, c]))
 
 
-def test_self_interaction_include():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_self_interaction_include(engine):
     pos, q, p, t = _random_system(4)
     sigma = 1.5
-    a, ea = realspace_potential_field(pos, q, p, t, smearing_width=sigma, with_fields=True)
-    b, eb = realspace_potential_field(pos, q, p, t, smearing_width=sigma, self_interaction="include",
+    a, ea = _esp(engine, pos, q, p, t, smearing_width=sigma, with_fields=True)
+    b, eb = _esp(engine, pos, q, p, t, smearing_width=sigma, self_interaction="include",
                                       with_fields=True)
     np.testing.assert_allclose(b - a, K_E * q * math.sqrt(2 / math.pi) / sigma, rtol=1e-12)
     # own smeared dipole's field at its centre: -p k (4 beta^3 / (3 sqrt(pi)))
     beta = 1 / (math.sqrt(2) * sigma)
     np.testing.assert_allclose(eb - ea, -K_E * p * 4 * beta**3 / (3 * math.sqrt(math.pi)), rtol=1e-12)
     with pytest.raises(ValueError, match="smearing_width"):
-        realspace_potential_field(pos, q, p, t, self_interaction="include")
+        _esp(engine, pos, q, p, t, self_interaction="include")
 
 
-def test_translation_rotation_permutation_invariance():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_translation_rotation_permutation_invariance(engine):
     from scfdata.reference.multipoles import cartesian_to_multipoles, multipoles_to_cartesian, rotate_multipoles
 
     pos, q, p, t = _random_system(7)
-    v, e = realspace_potential_field(pos, q, p, t, smearing_width=0.5, with_fields=True)
+    v, e = _esp(engine, pos, q, p, t, smearing_width=0.5, with_fields=True)
     rot = np.linalg.qr(RNG.normal(size=(3, 3)))[0]
     mp = rotate_multipoles(cartesian_to_multipoles(q, p, t), rot)
     q2, p2, t2 = multipoles_to_cartesian(mp)
-    v2, e2 = realspace_potential_field(pos @ rot.T + [5, -2, 1], q2, p2, t2, smearing_width=0.5,
+    v2, e2 = _esp(engine, pos @ rot.T + [5, -2, 1], q2, p2, t2, smearing_width=0.5,
                                        with_fields=True)
     np.testing.assert_allclose(v2, v, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(e2, e @ rot.T, rtol=1e-9, atol=1e-9)
     perm = RNG.permutation(7)
-    v3, _ = realspace_potential_field(pos[perm], q[perm], p[perm], t[perm], smearing_width=0.5)
+    v3, _ = _esp(engine, pos[perm], q[perm], p[perm], t[perm], smearing_width=0.5)
     np.testing.assert_allclose(v3, v[perm], rtol=1e-12, atol=1e-12)
 
 
-def test_coincident_atoms_raise():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_coincident_atoms_raise(engine):
     with pytest.raises(ValueError, match="same position"):
-        realspace_potential_field(np.zeros((2, 3)), np.ones(2))
+        _esp(engine, np.zeros((2, 3)), np.ones(2))
 
 
 # ----------------------------------------------------------------------------- padded buckets, torch inputs
@@ -206,7 +226,7 @@ def test_padded_buckets_equal_pair_path(sigma, parts, monkeypatch):
     pos, q, p, t, ptr = _molecule_batch(sizes)
     p = p if "p" in parts else None
     t = t if "t" in parts else None
-    kw = dict(smearing_width=sigma, with_fields=True)
+    kw = dict(smearing_width=sigma, with_fields=True, engine="torch")
     monkeypatch.setattr(mod, "_DENSE_MAX_ATOMS", 0)  # every config through the pair list
     want_v, want_e = realspace_potential_field(pos, q, p, t, ptr, **kw)
     monkeypatch.setattr(mod, "_DENSE_MAX_ATOMS", 64)
@@ -217,7 +237,7 @@ def test_padded_buckets_equal_pair_path(sigma, parts, monkeypatch):
         v, e = realspace_potential_field(pos, q, p, t, ptr, **kw)
         np.testing.assert_allclose(v, want_v, rtol=0, atol=1e-10)
         np.testing.assert_allclose(e, want_e, rtol=0, atol=1e-11 * np.abs(want_e).max())
-        v_only, e_none = realspace_potential_field(pos, q, p, t, ptr, smearing_width=sigma)
+        v_only, e_none = realspace_potential_field(pos, q, p, t, ptr, smearing_width=sigma, engine="torch")
         np.testing.assert_allclose(v_only, want_v, rtol=0, atol=1e-10)
         assert e_none is None
     assert np.abs(want_v).max() > 1.0  # a meaningful comparison
@@ -231,6 +251,9 @@ def test_torch_inputs_give_numpy_values_as_tensors():
     args = [torch.from_numpy(a.copy()) for a in (pos, q, p, t, ptr)]
     v, e = realspace_potential_field(*args, smearing_width=0.5, with_fields=True)
     assert isinstance(v, torch.Tensor) and isinstance(e, torch.Tensor)
+    vt, et = realspace_potential_field(*args, smearing_width=0.5, with_fields=True, engine="torch")
+    np.testing.assert_allclose(vt.numpy(), want_v, rtol=1e-12, atol=1e-11)
+    np.testing.assert_allclose(et.numpy(), want_e, rtol=1e-12, atol=1e-11)
     assert v.dtype == torch.float64 and v.device == args[0].device and e.shape == (pos.shape[0], 3)
     np.testing.assert_allclose(v.numpy(), want_v, rtol=1e-13, atol=1e-12)
     np.testing.assert_allclose(e.numpy(), want_e, rtol=1e-13, atol=1e-12)
@@ -246,23 +269,25 @@ def test_torch_inputs_give_numpy_values_as_tensors():
 
 @pytest.mark.parametrize("sigma", [0.0, 1.0])
 @pytest.mark.parametrize("size", [4, 80])  # dense bucket / pair list
-def test_coincident_atoms_in_a_batch_raise(sigma, size):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_coincident_atoms_in_a_batch_raise(sigma, size, engine):
     pos, q, p, _, ptr = _molecule_batch([3, size, 5])
     pos[5] = pos[4]
     with pytest.raises(ValueError, match="atoms 4 and 5 .*same position"):
-        realspace_potential_field(pos, q, p, None, ptr, smearing_width=sigma)
+        _esp(engine, pos, q, p, None, ptr, smearing_width=sigma)
 
 
-def test_bad_inputs_name_what_is_wrong():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_bad_inputs_name_what_is_wrong(engine):
     pos, q, p, _, ptr = _molecule_batch([3, 4])
     bad = pos.copy()
     bad[5, 1] = np.inf
     with pytest.raises(ValueError, match=r"positions of atom 5 \(config 1\) are not finite"):
-        realspace_potential_field(bad, q, p, None, ptr)
+        _esp(engine, bad, q, p, None, ptr)
     with pytest.raises(ValueError, match=r"`charges` must have shape \[7\]"):
-        realspace_potential_field(pos, q[:3], p, None, ptr)
+        _esp(engine, pos, q[:3], p, None, ptr)
     with pytest.raises(ValueError, match="`ptr` must rise from 0 to n_atoms=7"):
-        realspace_potential_field(pos, q, p, None, [0, 3, 6])
+        _esp(engine, pos, q, p, None, [0, 3, 6])
 
 
 def test_close_pairs_fall_back_to_the_pair_list(monkeypatch):
@@ -272,9 +297,69 @@ def test_close_pairs_fall_back_to_the_pair_list(monkeypatch):
     pos, q, p, t, ptr = _molecule_batch([6, 20, 9])
     pos[10] = pos[9] + [2e-3, 0.0, 0.0]  # config 1: R/d ~ 1e3
     monkeypatch.setattr(mod, "_DENSE_MAX_ATOMS", 0)
-    want_v, want_e = realspace_potential_field(pos, q, p, t, ptr, with_fields=True)
+    want_v, want_e = realspace_potential_field(pos, q, p, t, ptr, with_fields=True, engine="torch")
     monkeypatch.setattr(mod, "_DENSE_MAX_ATOMS", 64)
-    v, e = realspace_potential_field(pos, q, p, t, ptr, with_fields=True)
+    v, e = realspace_potential_field(pos, q, p, t, ptr, with_fields=True, engine="torch")
     assert np.abs(want_e).max() > 1e6
     np.testing.assert_allclose(v, want_v, rtol=1e-13, atol=1e-10)
     np.testing.assert_allclose(e, want_e, rtol=1e-13, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- the two engines
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.7])
+@pytest.mark.parametrize("parts", ["q", "qp", "qpt"])
+def test_numba_and_torch_engines_agree(sigma, parts):
+    """Every kernel variant (point/Gaussian, l = 0..2, fields) on small configs and two large ones (numba's
+    row-per-thread loop above 512 atoms, torch's pair list above 64): the two engines to ~1e-13."""
+    sizes = [1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17, 30, 31, 2, 3, 5, 12, 80, 600]
+    pos, q, p, t, ptr = _molecule_batch(sizes, min_distance=0.4)
+    p = p if "p" in parts else None
+    t = t if "t" in parts else None
+    kw = dict(smearing_width=sigma, with_fields=True)
+    v_n, e_n = realspace_potential_field(pos, q, p, t, ptr, engine="numba", **kw)
+    v_t, e_t = realspace_potential_field(pos, q, p, t, ptr, engine="torch", **kw)
+    assert np.abs(v_t).max() > 1.0
+    np.testing.assert_allclose(v_n, v_t, rtol=0, atol=1e-12 * np.abs(v_t).max())
+    np.testing.assert_allclose(e_n, e_t, rtol=0, atol=1e-12 * np.abs(e_t).max())
+    v_only, e_none = realspace_potential_field(pos, q, p, t, ptr, engine="numba", smearing_width=sigma)
+    np.testing.assert_allclose(v_only, v_n, rtol=1e-13, atol=1e-13)  # with or without fields: same potential
+    assert e_none is None
+
+
+def test_numba_engine_does_not_depend_on_the_thread_count():
+    numba = pytest.importorskip("numba")
+    pos, q, p, t, ptr = _molecule_batch([5, 9, 600, 3, 17] * 3)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        v1, e1 = realspace_potential_field(pos, q, p, t, ptr, with_fields=True, engine="numba")
+        numba.set_num_threads(before)
+        v2, e2 = realspace_potential_field(pos, q, p, t, ptr, with_fields=True, engine="numba")
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(v1, v2)
+    np.testing.assert_array_equal(e1, e2)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_dipole_columns_read_mace_scf_multipoles_in_place(engine):
+    """``dipole_columns=(3, 1, 2)`` on a [Q, d_y, d_z, d_x] array (and a strided charge column) equals the
+    Cartesian call."""
+    pos, q, p, _, ptr = _molecule_batch([3, 12, 7])
+    mp = np.column_stack([q, p[:, 1], p[:, 2], p[:, 0]])
+    want_v, want_e = _esp(engine, pos, q, p, None, ptr, smearing_width=0.6, with_fields=True)
+    v, e = _esp(engine, pos, mp[:, 0], mp, None, ptr, smearing_width=0.6, with_fields=True,
+                dipole_columns=(3, 1, 2))
+    np.testing.assert_allclose(v, want_v, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(e, want_e, rtol=1e-13, atol=1e-13)
+    with pytest.raises(ValueError, match=r"`dipoles` must have shape \[22, >=5\]"):
+        _esp(engine, pos, q, p, None, ptr, dipole_columns=(4, 1, 2))
+    with pytest.raises(ValueError, match="`dipole_columns` must be 3 non-negative column indices"):
+        _esp(engine, pos, q, p, None, ptr, dipole_columns=(0, 1))
+
+
+def test_unknown_engine_is_refused():
+    with pytest.raises(ValueError, match="Unknown engine 'cuda'. Must be one of 'auto', 'numba', 'torch'"):
+        realspace_potential_field(np.zeros((2, 3)), np.ones(2), engine="cuda")

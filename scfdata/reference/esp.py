@@ -3,11 +3,12 @@
 Configs are concatenated (``ptr``); each config's boundary is taken from its ``pbc`` row when
 ``boundary="auto"`` (FFF -> realspace, TTT -> pbc, TTF -> slab) and the configs of one boundary class are
 dispatched together: all open-boundary configs in ONE batched direct sum
-(:mod:`~scfdata.reference.esp_realspace`), periodic ones to :mod:`~scfdata.reference.ewald` (plain Ewald,
-below ``PME_MIN_ATOMS`` atoms) or :mod:`~scfdata.reference.pme` (smooth particle-mesh Ewald, N log N,
-from ``PME_MIN_ATOMS`` atoms on; same results to within ``tolerance``), slabs to
-:mod:`~scfdata.reference.slab`. ``molecule_in_box`` evaluates the molecule as isolated (exact limit of the
-periodic evaluation minus its spurious image terms), i.e. with the realspace engine.
+(:mod:`~scfdata.reference.esp_realspace`), all periodic ones below ``PME_MIN_ATOMS`` atoms in ONE batched
+plain Ewald sum (:mod:`~scfdata.reference.ewald_numba`, compiled, one cell per thread), larger ones one at a
+time to :mod:`~scfdata.reference.pme` (smooth particle-mesh Ewald, N log N; same results to within
+``tolerance``), slabs one at a time to :mod:`~scfdata.reference.slab`. ``molecule_in_box`` evaluates the
+molecule as isolated (exact limit of the periodic evaluation minus its spurious image terms), i.e. with
+the realspace engine.
 
 Gauges (zero of potential): realspace -> 0 at infinity; pbc -> the cell average of the potential of the
 charges plus a uniform neutralising background is 0 (tin-foil, k=0 term dropped); slab -> see
@@ -31,10 +32,10 @@ from scfdata.reference.multipoles import multipoles_to_cartesian
 
 BOUNDARIES = ("auto", "realspace", "pbc", "slab", "molecule_in_box")
 SOURCES = ("multipoles", "charges")
-#: Periodic (pbc) configs with at least this many atoms go to particle-mesh Ewald (measured crossover with
-#: the plain Ewald engine at water density, 1e-6 V: ~100-130 atoms for point charges and dipoles, ~150 for
-#: Gaussian ones; PME wins everywhere from ~190 atoms on); smaller ones to plain Ewald.
-PME_MIN_ATOMS = 150
+#: Periodic (pbc) configs with at least this many atoms go to particle-mesh Ewald, one at a time; smaller ones
+#: to the compiled plain Ewald, all in one call (measured at water density, 1e-6 V, one cell: the compiled
+#: Ewald is faster than PME up to ~600 atoms with dipoles and ~2,400 with charges only).
+PME_MIN_ATOMS = 600
 
 
 def to_numpy(x, dtype=float):
@@ -208,27 +209,35 @@ def compute_esps(
         if with_fields:
             fields[idx] = e
 
-    per_cfg = np.flatnonzero((codes == _PBC) | (codes == _SLAB))
-    if per_cfg.size:
-        from scfdata.reference import pme
-        from scfdata.reference.ewald import ewald_potential_field
+    periodic = np.flatnonzero((codes == _PBC) & (np.diff(ptr_np) > 0))
+    if periodic.size:
+        totals = np.add.reduceat(q, ptr_np[periodic]) if q.size else np.zeros(0)
+        for c, total in zip(periodic[np.abs(totals) > 1e-8], totals[np.abs(totals) > 1e-8]):
+            warnings.warn(
+                f"config {int(c)} (pbc) carries a net charge {total:.6g} e: a uniform neutralising "
+                "background is added (gauge: zero cell-average potential, see scfdata.reference.ewald)",
+                stacklevel=2,
+            )
+    small = periodic[np.diff(ptr_np)[periodic] < PME_MIN_ATOMS]
+    if small.size:  # all small cells in one compiled call, one cell per thread
+        from scfdata.reference.ewald_numba import ewald_many
+
+        idx, sub_ptr = _atoms_of(ptr_np, small)
+        v, e = ewald_many(pos[idx], q[idx], None if p is None else p[idx], None if t is None else t[idx], sub_ptr,
+                          cells_np[small], tolerance=tolerance, config_index=small, **opts)
+        esps[idx] = v
+        if with_fields:
+            fields[idx] = e
+
+    one_by_one = np.concatenate([periodic[np.diff(ptr_np)[periodic] >= PME_MIN_ATOMS],
+                                 np.flatnonzero((codes == _SLAB) & (np.diff(ptr_np) > 0))])
+    if one_by_one.size:
+        from scfdata.reference.pme import pme_potential_field
         from scfdata.reference.slab import slab_potential_field
 
-        for c in per_cfg:
+        for c in one_by_one:
             a, b = int(ptr_np[c]), int(ptr_np[c + 1])
-            if a == b:
-                continue
-            periodic = codes[c] == _PBC
-            fn = ewald_potential_field if periodic else slab_potential_field
-            if periodic and b - a >= PME_MIN_ATOMS:
-                fn = pme.pme_potential_field
-            total = float(q[a:b].sum())
-            if periodic and abs(total) > 1e-8:
-                warnings.warn(
-                    f"config {int(c)} (pbc) carries a net charge {total:.6g} e: a uniform neutralising "
-                    "background is added (gauge: zero cell-average potential, see scfdata.reference.ewald)",
-                    stacklevel=2,
-                )
+            fn = pme_potential_field if codes[c] == _PBC else slab_potential_field
             v, e = fn(
                 pos[a:b],
                 q[a:b],

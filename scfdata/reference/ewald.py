@@ -54,20 +54,25 @@ def _check_cell(cell) -> np.ndarray:
 def choose_parameters(cell, n_atoms, charges, dipoles, quads, sigma, tolerance):
     """Ewald parameters (dict: gamma, r_cut, k_cut, s) for a target absolute potential error in V."""
     cell = _check_cell(cell)
-    vol = abs(np.linalg.det(cell))
-    w2 = float(np.sum(charges**2))
-    gamma = (_COST_RATIO * 2 * math.pi**3 * max(n_atoms, 1) / vol**2) ** (1 / 6)
+    sums = [None if x is None else float(np.sum(np.asarray(x) ** 2)) for x in (charges, dipoles, quads)]
+    prm = parameters_from_sums(abs(np.linalg.det(cell)), n_atoms, *sums, sigma, tolerance)
+    return {k: float(v) for k, v in prm.items()}
+
+
+def parameters_from_sums(vol, n_atoms, sum_q2, sum_p2, sum_t2, sigma, tolerance):
+    """:func:`choose_parameters` from the cell volume, atom count and Σq², Σ|p|², Σ|Θ|² (None: no such
+    multipoles); every argument but sigma and tolerance may be an array over configs (dict of arrays)."""
+    n1 = np.maximum(n_atoms, 1)
+    gamma = (_COST_RATIO * 2 * math.pi**3 * n1 / np.asarray(vol, dtype=float) ** 2) ** (1 / 6)
     beta = 1.0 / (math.sqrt(2.0) * sigma) if sigma > 0 else math.inf
-    gamma = min(gamma, beta)
-    margin = 0.0
-    if dipoles is not None:
-        w2 += float(np.sum(dipoles**2)) * gamma**2
-        margin = 0.5
-    if quads is not None:
-        w2 += float(np.sum(quads**2)) * gamma**4
-        margin = 1.0
-    w = max(math.sqrt(w2 / max(n_atoms, 1)) * 10.0, 1e-3)  # rms strength, 10x safety (measured errors ~1e-2 tol)
-    s = math.sqrt(max(math.log(K_E * w / tolerance), 1.0)) + margin
+    gamma = np.minimum(gamma, beta)
+    w2, margin = np.asarray(sum_q2, dtype=float), 0.0
+    if sum_p2 is not None:
+        w2, margin = w2 + np.asarray(sum_p2) * gamma**2, 0.5
+    if sum_t2 is not None:
+        w2, margin = w2 + np.asarray(sum_t2) * gamma**4, 1.0
+    w = np.maximum(np.sqrt(w2 / n1) * 10.0, 1e-3)  # rms strength, 10x safety (measured errors ~1e-2 tol)
+    s = np.sqrt(np.maximum(np.log(K_E * w / tolerance), 1.0)) + margin
     return {"gamma": gamma, "r_cut": s / gamma, "k_cut": 2.0 * s * gamma, "s": s}
 
 

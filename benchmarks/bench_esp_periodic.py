@@ -8,6 +8,8 @@ child = peak memory, interpreter and imports included). The error is max |V − 
 sum: scfdata's plain Ewald at tolerance 1e-11 (verified against Madelung constants in the tests) for
 N <= --max-ref-n, beyond that scfdata PME at tolerance 1e-10 (marked ``*``; agrees with plain Ewald at
 tolerance 1e-8 to 3e-10 V at N = 32768). Ratios are other engine's time / PME time (> 1: PME faster).
+``cEwald``: the compiled (numba) plain Ewald that compute_esps uses below PME_MIN_ATOMS atoms (one cell:
+one thread; its cache loaded before timing).
 """
 
 from __future__ import annotations
@@ -57,6 +59,17 @@ def _run_pme(n, dipoles, tol):
     return time.perf_counter() - t, v
 
 
+def _run_compiled(n, dipoles, tol):
+    """The compiled (numba) plain Ewald that compute_esps runs for cells below PME_MIN_ATOMS atoms."""
+    from scfdata.reference.ewald_numba import ewald_many
+
+    pos, q, p, cell = water_box(n)
+    ewald_many(pos[:3], q[:3], p[:3] if dipoles else None, None, [0, 3], cell[None])  # numba: load its cache
+    t = time.perf_counter()
+    v, _ = ewald_many(pos, q, p if dipoles else None, None, [0, len(q)], cell[None], tolerance=tol)
+    return time.perf_counter() - t, v
+
+
 def _run_torchpme(n, tol_unused, mesh_ratio):
     import torch
     import torchpme
@@ -102,6 +115,7 @@ def main():
     ap.add_argument("--max-n", type=int, default=4096)
     ap.add_argument("--max-ref-n", type=int, default=4096, help="largest N referred to plain Ewald at 1e-11")
     ap.add_argument("--max-ewald-n", type=int, default=32768, help="largest N timed with plain Ewald")
+    ap.add_argument("--max-compiled-n", type=int, default=4096, help="largest N timed with the compiled Ewald")
     ap.add_argument("--no-torchpme", action="store_true")
     ap.add_argument("--mesh-ratio", type=float, default=0.25, help="torch-pme mesh spacing / smearing")
     args = ap.parse_args()
@@ -113,8 +127,9 @@ def main():
         have_tp = False
     sizes = [n for n in (64, 128, 256, 512, 1024, 4096, 8192, 32768) if n <= args.max_n]
     nan = float("nan")
-    print(f"{'N':>6} {'case':<4} | {'PME s':>7} {'MB':>5} {'err V':>9} | {'Ewald s':>7} {'MB':>5} {'err V':>9}"
-          f" | {'t-pme s':>7} {'MB':>5} {'err V':>9} | {'Ewald/PME':>9} {'t-pme/PME':>9}")
+    print(f"{'N':>6} {'case':<4} | {'PME s':>7} {'MB':>5} {'err V':>9} | {'cEwald s':>8} {'err V':>9} |"
+          f" {'Ewald s':>7} {'MB':>5} {'err V':>9} | {'t-pme s':>7} {'MB':>5} {'err V':>9} |"
+          f" {'cEw/PME':>7} {'Ewald/PME':>9} {'t-pme/PME':>9}")
     for n in sizes:
         for dipoles in (False, True):
             if n <= args.max_ref_n:
@@ -125,6 +140,10 @@ def main():
                 mark = "*"
             dt, mem, v = measure(_run_pme, n, dipoles, 1e-6)
             err = np.abs(v - ref).max()
+            cdt = cerr = nan
+            if n <= args.max_compiled_n:
+                cdt, _, cv = measure(_run_compiled, n, dipoles, 1e-6)
+                cerr = np.abs(cv - ref).max()
             edt = emem = eerr = nan
             if n <= args.max_ewald_n:
                 edt, emem, ev = measure(_run_scfdata, n, dipoles, 1e-6)
@@ -134,8 +153,9 @@ def main():
                 pdt, pmem, pv = measure(_run_torchpme, n, 1e-6, args.mesh_ratio)
                 perr = np.abs(pv - ref).max()
             print(f"{n:>6} {'q+p' if dipoles else 'q':<4} | {dt:>7.3f} {mem:>5.0f} {err:>8.1e}{mark} |"
+                  f" {cdt:>8.4f} {cerr:>8.1e}{mark} |"
                   f" {edt:>7.3f} {emem:>5.0f} {eerr:>8.1e}{mark} | {pdt:>7.3f} {pmem:>5.0f} {perr:>8.1e}{mark} |"
-                  f" {edt / dt:>9.1f} {pdt / dt:>9.1f}", flush=True)
+                  f" {cdt / dt:>7.2f} {edt / dt:>9.1f} {pdt / dt:>9.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,10 @@
 Configs are concatenated (``ptr``); each config's boundary is taken from its ``pbc`` row when
 ``boundary="auto"`` (FFF -> realspace, TTT -> pbc, TTF -> slab) and the configs of one boundary class are
 dispatched together: all open-boundary configs in ONE batched direct sum
-(:mod:`~scfdata.reference.esp_realspace`), all periodic ones below ``PME_MIN_ATOMS`` atoms in ONE batched
-plain Ewald sum (:mod:`~scfdata.reference.ewald_numba`, compiled, one cell per thread), larger ones one at a
-time to :mod:`~scfdata.reference.pme` (smooth particle-mesh Ewald, N log N; same results to within
-``tolerance``), slabs one at a time to :mod:`~scfdata.reference.slab`. ``molecule_in_box`` evaluates the
+(:mod:`~scfdata.reference.esp_realspace`), periodic ones and slabs (:mod:`~scfdata.reference.slab`, whose
+auxiliary 3D boxes go the same way) through :mod:`~scfdata.reference.periodic`: all cells below
+``PME_MIN_ATOMS`` atoms in ONE compiled plain Ewald call (one cell per thread), larger ones one at a time
+by smooth particle-mesh Ewald (N log N; same results to within ``tolerance``). ``molecule_in_box`` evaluates the
 molecule as isolated (exact limit of the periodic evaluation minus its spurious image terms), i.e. with
 the realspace engine.
 
@@ -28,16 +28,11 @@ import warnings
 
 import numpy as np
 
+from scfdata.reference.batch import atoms_of
 from scfdata.reference.multipoles import multipoles_to_cartesian
 
 BOUNDARIES = ("auto", "realspace", "pbc", "slab", "molecule_in_box")
 SOURCES = ("multipoles", "charges")
-#: Periodic (pbc) configs with at least this many atoms go to particle-mesh Ewald, one at a time; smaller ones
-#: to the compiled plain Ewald, all in one call (measured at water density, 1e-6 V, one cell: the compiled
-#: Ewald is faster than PME up to ~600 atoms with dipoles and ~2,400 with charges only).
-PME_MIN_ATOMS = 600
-
-
 def to_numpy(x, dtype=float):
     if x is None:
         return None
@@ -118,14 +113,6 @@ def boundary_classes(pbc, boundary: str = "auto") -> np.ndarray:
     return _CLASS_NAMES[_class_codes(pbc, boundary)]
 
 
-def _atoms_of(ptr: np.ndarray, configs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Atom indices of the given configs (concatenated) and their sub-pointer."""
-    counts = np.diff(ptr)[configs]
-    sub_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    idx = np.repeat(ptr[:-1][configs] - sub_ptr[:-1], counts) + np.arange(sub_ptr[-1])
-    return idx, sub_ptr
-
-
 def compute_esps(
     positions,
     multipoles,
@@ -201,7 +188,7 @@ def compute_esps(
     esps = np.zeros(n)
     fields = np.zeros((n, 3)) if with_fields else None
     if open_cfg.size:
-        idx, sub_ptr = _atoms_of(ptr_np, open_cfg)
+        idx, sub_ptr = atoms_of(ptr_np, open_cfg)
         v, e = realspace_potential_field(
             pos[idx], q[idx], None if p is None else p[idx], None if t is None else t[idx], sub_ptr, **opts
         )
@@ -209,47 +196,28 @@ def compute_esps(
         if with_fields:
             fields[idx] = e
 
-    periodic = np.flatnonzero((codes == _PBC) & (np.diff(ptr_np) > 0))
-    if periodic.size:
-        totals = np.add.reduceat(q, ptr_np[periodic]) if q.size else np.zeros(0)
-        for c, total in zip(periodic[np.abs(totals) > 1e-8], totals[np.abs(totals) > 1e-8]):
-            warnings.warn(
-                f"config {int(c)} (pbc) carries a net charge {total:.6g} e: a uniform neutralising "
-                "background is added (gauge: zero cell-average potential, see scfdata.reference.ewald)",
-                stacklevel=2,
-            )
-    small = periodic[np.diff(ptr_np)[periodic] < PME_MIN_ATOMS]
-    if small.size:  # all small cells in one compiled call, one cell per thread
-        from scfdata.reference.ewald_numba import ewald_many
+    cells_3d = np.flatnonzero((codes == _PBC) & (np.diff(ptr_np) > 0))
+    totals = np.add.reduceat(q, ptr_np[cells_3d]) if cells_3d.size else np.zeros(0)
+    for c, total in zip(cells_3d[np.abs(totals) > 1e-8], totals[np.abs(totals) > 1e-8]):
+        warnings.warn(
+            f"config {int(c)} (pbc) carries a net charge {total:.6g} e: a uniform neutralising "
+            "background is added (gauge: zero cell-average potential, see scfdata.reference.ewald)",
+            stacklevel=2,
+        )
+    slabs = np.flatnonzero((codes == _SLAB) & (np.diff(ptr_np) > 0))
+    if cells_3d.size or slabs.size:
+        from scfdata.reference.periodic import periodic_potential_field
+        from scfdata.reference.slab import slabs_potential_field
 
-        idx, sub_ptr = _atoms_of(ptr_np, small)
-        v, e = ewald_many(pos[idx], q[idx], None if p is None else p[idx], None if t is None else t[idx], sub_ptr,
-                          cells_np[small], tolerance=tolerance, config_index=small, **opts)
-        esps[idx] = v
-        if with_fields:
-            fields[idx] = e
-
-    one_by_one = np.concatenate([periodic[np.diff(ptr_np)[periodic] >= PME_MIN_ATOMS],
-                                 np.flatnonzero((codes == _SLAB) & (np.diff(ptr_np) > 0))])
-    if one_by_one.size:
-        from scfdata.reference.pme import pme_potential_field
-        from scfdata.reference.slab import slab_potential_field
-
-        for c in one_by_one:
-            a, b = int(ptr_np[c]), int(ptr_np[c + 1])
-            fn = pme_potential_field if codes[c] == _PBC else slab_potential_field
-            v, e = fn(
-                pos[a:b],
-                q[a:b],
-                None if p is None else p[a:b],
-                None if t is None else t[a:b],
-                cells_np[c],
-                tolerance=tolerance,
-                **opts,
-            )
-            esps[a:b] = v
+        for chosen, fn in ((cells_3d, periodic_potential_field), (slabs, slabs_potential_field)):
+            if chosen.size == 0:
+                continue
+            idx, sub_ptr = atoms_of(ptr_np, chosen)
+            v, e = fn(pos[idx], q[idx], None if p is None else p[idx], None if t is None else t[idx], sub_ptr,
+                      cells_np[chosen], tolerance=tolerance, config_index=chosen, **opts)
+            esps[idx] = v
             if with_fields:
-                fields[a:b] = e
+                fields[idx] = e
 
     if torch_like is not None:
         import torch

@@ -171,6 +171,14 @@ def ewald_many(positions, charges, dipoles, quadrupoles, ptr, cells, *, smearing
     ptr = np.asarray(ptr, dtype=np.int64)
     cells = np.ascontiguousarray(cells, dtype=np.float64).reshape(-1, 3, 3)
     n, n_cfg = pos.shape[0], ptr.shape[0] - 1
+    if ptr.ndim != 1 or n_cfg < 0 or ptr[0] != 0 or ptr[-1] != n or np.any(np.diff(ptr) < 0):
+        raise ValueError(f"`ptr` must rise from 0 to n_atoms={n}, got {ptr[:4].tolist()}... (length {ptr.size})")
+    for name, arr, tail in (("positions", pos, (3,)), ("charges", q, ()), ("dipoles", p, (3,)),
+                            ("quadrupoles", t, (3, 3))):
+        if arr is not None and arr.shape != (n, *tail):
+            raise ValueError(f"`{name}` must have shape {[n, *tail]}, got {list(arr.shape)}")
+    if cells.shape[0] != n_cfg:
+        raise ValueError(f"`cells` must have one (3, 3) cell per config ({n_cfg}), got {cells.shape[0]}")
     counts = np.diff(ptr)
     label = np.arange(n_cfg) if config_index is None else np.asarray(config_index)
     cfg = np.repeat(np.arange(n_cfg), counts)

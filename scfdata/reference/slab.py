@@ -1,7 +1,8 @@
 """Slab (periodic in the plane of the first two cell vectors, open along the normal n = a×b/|a×b|).
 
-Method: the exact 2D-periodic potential is obtained from a 3D Ewald sum (:mod:`scfdata.reference.ewald`)
-in a box whose third vector is ``L n`` with vacuum chosen from ``tolerance`` (the interaction with the
+Method: the exact 2D-periodic potential is obtained from a 3D Ewald sum (:mod:`scfdata.reference.periodic`:
+the compiled plain Ewald below ``PME_MIN_ATOMS`` atoms, all slabs of a batch in one call, PME above) in a
+box whose third vector is ``L n`` with vacuum chosen from ``tolerance`` (the interaction with the
 artificial images decays as ``exp(−k_min·gap)``, k_min the shortest in-plane reciprocal vector), plus the
 closed-form correction of the laterally averaged (k_xy = 0) part — the Yeh–Berkowitz dipole term together
 with its charged-slab (Ballenegger et al.) and quadratic companions. With z the coordinate along n::
@@ -33,16 +34,15 @@ import numpy as np
 
 from scfdata.constants import K_E
 from scfdata.reference.esp_realspace import realspace_potential_field
-from scfdata.reference.ewald import ewald_potential_field
 
 
-def _in_plane_kmin(a, b):
-    """Length of the shortest non-zero reciprocal vector of the 2D lattice (a, b)."""
-    m = np.array([a, b])
-    gram = m @ m.T
+def _in_plane_kmin(cells):
+    """Length of the shortest non-zero reciprocal vector of each 2D lattice (cells[:, 0], cells[:, 1])."""
+    m = cells[:, :2]  # (c, 2, 3)
+    gram = np.einsum("cia,cja->cij", m, m)
     recip = 2 * math.pi * np.linalg.solve(gram, m)  # rows b_i with a_i·b_j = 2π δ_ij, in the plane
-    hk = np.array([(h, k) for h in range(-3, 4) for k in range(-3, 4) if (h, k) != (0, 0)])
-    return float(np.linalg.norm(hk @ recip, axis=1).min())
+    hk = np.array([(h, k) for h in range(-3, 4) for k in range(-3, 4) if (h, k) != (0, 0)], dtype=float)
+    return np.linalg.norm(np.einsum("hi,cia->cha", hk, recip), axis=2).min(axis=1)
 
 
 def slab_potential_field(
@@ -63,44 +63,71 @@ def slab_potential_field(
     ``vacuum`` (Å) overrides the automatic gap between periodic copies of the slab in the auxiliary 3D box
     (for convergence tests only).
     """
-    cell = np.asarray(cell, dtype=float).reshape(3, 3)
-    a, b = cell[0], cell[1]
-    normal = np.cross(a, b)
-    area = float(np.linalg.norm(normal))
-    if not area > 1e-9:
-        raise ValueError(f"slab needs two independent in-plane cell vectors, got a={a.tolist()}, b={b.tolist()}")
-    normal /= area
+    n = np.asarray(positions).shape[0]
+    return slabs_potential_field(positions, charges, dipoles, quadrupoles, [0, n], np.reshape(cell, (1, 3, 3)),
+                                 smearing_width=smearing_width, self_interaction=self_interaction,
+                                 tolerance=tolerance, with_fields=with_fields, vacuum=vacuum)
+
+
+def slabs_potential_field(positions, charges, dipoles, quadrupoles, ptr, cells, *, smearing_width=0.0,
+                          self_interaction="exclude", tolerance=1e-6, with_fields=False, vacuum=None,
+                          config_index=None):
+    """Potential (V) and field (V/Å) at the atoms of many slabs (configs by ``ptr``, one cell each, the first
+    two vectors periodic), vectorised over slabs; the auxiliary 3D boxes are summed together by
+    :func:`scfdata.reference.periodic.periodic_potential_field`. ``config_index`` numbers the configs in
+    error messages."""
+    from scfdata.reference.periodic import periodic_potential_field
+
+    cells = np.asarray(cells, dtype=float).reshape(-1, 3, 3)
+    ptr = np.asarray(ptr, dtype=np.int64)
+    counts = np.diff(ptr)
+    label = np.arange(counts.size) if config_index is None else np.asarray(config_index)
+    if np.any(counts == 0):
+        raise ValueError(f"config {int(label[np.flatnonzero(counts == 0)[0]])}: a slab without atoms")
+    normal = np.cross(cells[:, 0], cells[:, 1])
+    area = np.linalg.norm(normal, axis=1)
+    if not np.all(area > 1e-9):
+        c = int(np.flatnonzero(~(area > 1e-9))[0])
+        raise ValueError(f"config {int(label[c])}: a slab needs two independent in-plane cell vectors, got "
+                         f"a={cells[c, 0].tolist()}, b={cells[c, 1].tolist()}")
+    normal /= area[:, None]
     pos = np.asarray(positions, dtype=float)
     q = np.asarray(charges, dtype=float).reshape(-1)
-    z = pos @ normal
-    zc = 0.5 * (z.max() + z.min())
-    thickness = float(z.max() - z.min())
+    cfg = np.repeat(np.arange(counts.size), counts)
+    z = np.einsum("na,na->n", pos, normal[cfg])
+    z_max, z_min = np.maximum.reduceat(z, ptr[:-1]), np.minimum.reduceat(z, ptr[:-1])
+    zc, thickness = 0.5 * (z_max + z_min), z_max - z_min
     sigma = float(smearing_width)
     if vacuum is None:
-        w = math.sqrt(float(np.sum(q**2)) + (0.0 if dipoles is None else float(np.sum(dipoles**2)))
-                      + (0.0 if quadrupoles is None else float(np.sum(quadrupoles**2))))
-        kmin = _in_plane_kmin(a, b)
-        decay = math.log(max(K_E * max(w, 1e-3) / tolerance, math.e)) / kmin
-        vacuum = max(thickness, decay) + 2.0 + 8.0 * sigma
-    length = thickness + float(vacuum)
-    box = np.array([a, b, normal * length])
-    shifted = pos - normal * zc  # slab centred on z = 0
-    zr = z - zc
-    v, e = ewald_potential_field(
-        shifted, q, dipoles, quadrupoles, box,
-        smearing_width=sigma, self_interaction=self_interaction, tolerance=tolerance, with_fields=with_fields,
-    )
+        w2 = q**2
+        for x in (dipoles, quadrupoles):
+            if x is not None:
+                w2 = w2 + (np.asarray(x).reshape(pos.shape[0], -1) ** 2).sum(axis=1)
+        w = np.sqrt(np.bincount(cfg, weights=w2, minlength=counts.size))
+        decay = np.log(np.maximum(K_E * np.maximum(w, 1e-3) / tolerance, math.e)) / _in_plane_kmin(cells)
+        gap = np.maximum(thickness, decay) + 2.0 + 8.0 * sigma
+    else:
+        gap = np.full(counts.size, float(vacuum))
+    length = thickness + gap
+    boxes = np.stack([cells[:, 0], cells[:, 1], normal * length[:, None]], axis=1)
+    zr = z - zc[cfg]  # each slab centred on z = 0
+    v, e = periodic_potential_field(pos - normal[cfg] * zc[cfg, None], q, dipoles, quadrupoles, ptr, boxes,
+                                    smearing_width=sigma, self_interaction=self_interaction, tolerance=tolerance,
+                                    with_fields=with_fields, config_index=label)
     vol = area * length
-    pz = np.zeros_like(q) if dipoles is None else dipoles @ normal
-    tzz = np.zeros_like(q) if quadrupoles is None else np.einsum("a,nab,b->n", normal, quadrupoles, normal)
-    total = float(q.sum())
-    m_z = float(np.sum(q * zr + pz))
-    s2 = float(np.sum(q * (zr**2 + sigma**2) + 2 * pz * zr + (2.0 / 3.0) * tzz))
-    v = v + K_E * (4 * math.pi / vol * m_z * zr - 2 * math.pi / vol * (total * zr**2 + s2)
-                   - math.pi * length * total / (3 * area))
+    pz = np.zeros_like(q) if dipoles is None else np.einsum("na,na->n", dipoles, normal[cfg])
+    tzz = np.zeros_like(q) if quadrupoles is None else np.einsum("na,nab,nb->n", normal[cfg], quadrupoles, normal[cfg])
+
+    def per_slab(x):
+        return np.bincount(cfg, weights=x, minlength=counts.size)
+
+    total, m_z = per_slab(q), per_slab(q * zr + pz)
+    s2 = per_slab(q * (zr**2 + sigma**2) + 2 * pz * zr + (2.0 / 3.0) * tzz)
+    v = v + K_E * (4 * math.pi / vol[cfg] * m_z[cfg] * zr - 2 * math.pi / vol[cfg] * (total[cfg] * zr**2 + s2[cfg])
+                   - (math.pi * length * total / (3 * area))[cfg])
     if with_fields:
-        ez = K_E * 4 * math.pi / vol * (total * zr - m_z)
-        e = e + np.outer(ez, normal)
+        ez = K_E * 4 * math.pi / vol[cfg] * (total[cfg] * zr - m_z[cfg])
+        e = e + ez[:, None] * normal[cfg]
     return v, e
 
 

@@ -147,3 +147,9 @@ def test_compute_esps_batches_small_cells_and_names_bad_configs():
     flat[1, 2] = flat[1, 0]
     with pytest.raises(ValueError, match="config 1: periodic evaluation needs a cell with non-zero volume"):
         ewald_many(pos, q, p, None, ptr, flat)
+    with pytest.raises(ValueError, match=f"`ptr` must rise from 0 to n_atoms={len(q)}"):
+        ewald_many(pos, q, p, None, ptr[:-1], cells[:-1])
+    with pytest.raises(ValueError, match=rf"`dipoles` must have shape \[{len(q)}, 3\]"):
+        ewald_many(pos, q, p[:-1], None, ptr, cells)
+    with pytest.raises(ValueError, match="`cells` must have one"):
+        ewald_many(pos, q, p, None, ptr, cells[:-1])

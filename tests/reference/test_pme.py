@@ -151,7 +151,7 @@ def test_translation_and_permutation_invariance():
 
 
 def test_dispatch_large_periodic_config_to_pme(monkeypatch):
-    from scfdata.reference import esp, pme
+    from scfdata.reference import esp, periodic, pme
 
     pos, q, p, cell = _water(300, seed=3)
     mp = np.concatenate([q[:, None], p[:, [1, 2, 0]]], 1)
@@ -163,13 +163,13 @@ def test_dispatch_large_periodic_config_to_pme(monkeypatch):
         return real(*args, **kw)
 
     monkeypatch.setattr(pme, "pme_potential_field", spy)
-    monkeypatch.setattr(esp, "PME_MIN_ATOMS", 100)
+    monkeypatch.setattr(periodic, "PME_MIN_ATOMS", 100)
     v, e = esp.compute_esps(pos, mp, np.array([0, 300]), cell[None], np.ones((1, 3), bool), with_fields=True)
     assert calls == [300]
     ref, eref = ewald_potential_field(pos, q, p, None, cell, tolerance=1e-10, with_fields=True)
     assert np.abs(v - ref).max() < 1e-6 and np.abs(e - eref).max() < 1e-5
     calls.clear()
-    monkeypatch.setattr(esp, "PME_MIN_ATOMS", 1000)
+    monkeypatch.setattr(periodic, "PME_MIN_ATOMS", 1000)
     esp.compute_esps(pos, mp, np.array([0, 300]), cell[None], np.ones((1, 3), bool))
     assert calls == []
 

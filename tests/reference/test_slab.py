@@ -136,3 +136,34 @@ def test_molecule_in_box_is_realspace():
     a, _ = molecule_in_box_potential_field(pos, q, p, t, CELL, tolerance=1e-3)
     b, _ = realspace_potential_field(pos, q, p, t)
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.7])
+def test_many_slabs_in_one_call_equal_one_by_one(sigma, monkeypatch):
+    """Three slabs (different thickness, one charged, one in a rotated frame) in one batched call equal three
+    single calls; with every auxiliary box sent to PME instead, equal within the tolerance."""
+    import scfdata.reference.periodic as periodic
+    from scfdata.reference.slab import slabs_potential_field
+
+    rot = np.linalg.qr(np.random.default_rng(4).normal(size=(3, 3)))[0]
+    systems = [(*_slab(6), CELL), (*_slab(9, charged=True), CELL * [1.2, 1.0, 1.0])]
+    pos, q, p, t = _slab(4)
+    mp = rotate_multipoles(cartesian_to_multipoles(q, p, t), rot)
+    systems.append((pos @ rot.T, *multipoles_to_cartesian(mp), CELL @ rot.T))
+    ptr = np.concatenate([[0], np.cumsum([len(s[1]) for s in systems])])
+    cat = [np.concatenate([s[k] for s in systems]) for k in range(4)]
+    cells = np.stack([s[4] for s in systems])
+    kw = dict(smearing_width=sigma, with_fields=True, tolerance=1e-8)
+    v, e = slabs_potential_field(*cat, ptr, cells, **kw)
+    want = [slab_potential_field(*s[:4], s[4], **kw) for s in systems]
+    want_v, want_e = np.concatenate([w[0] for w in want]), np.concatenate([w[1] for w in want])
+    assert np.abs(want_v).max() > 1.0
+    np.testing.assert_allclose(v, want_v, rtol=0, atol=1e-10 * np.abs(want_v).max())
+    np.testing.assert_allclose(e, want_e, rtol=0, atol=1e-10 * np.abs(want_e).max())
+    monkeypatch.setattr(periodic, "PME_MIN_ATOMS", 1)
+    v_pme, _ = slabs_potential_field(*cat, ptr, cells, **kw)
+    np.testing.assert_allclose(v_pme, want_v, rtol=0, atol=1e-7)
+    with pytest.raises(ValueError, match="config 7: a slab needs two independent in-plane cell vectors"):
+        bad = cells.copy()
+        bad[1, 1] = bad[1, 0]
+        slabs_potential_field(*cat, ptr, bad, config_index=[3, 7, 9])

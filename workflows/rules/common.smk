@@ -133,7 +133,7 @@ def _check_esps_preset():
 _check_config()
 
 # One thread per job (shard rules are single-threaded by design: parallelism comes from the shards).
-shell.prefix("set -euo pipefail; export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1; ")
+shell.prefix("set -euo pipefail; export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1; ")
 
 wildcard_constraints:
     ds="|".join(re.escape(d) for d in DATASETS) or "no-dataset",

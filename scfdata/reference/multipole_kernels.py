@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 from scipy.special import erfc
 
 from scfdata.constants import K_E
@@ -33,7 +32,8 @@ SQRT_PI = math.sqrt(math.pi)
 
 
 def is_torch(x) -> bool:
-    return isinstance(x, torch.Tensor)
+    """A torch tensor? (checked without importing torch, so numpy-only callers never load it)."""
+    return type(x).__module__.startswith("torch") and hasattr(x, "detach")
 
 
 def g_coulomb(r, nmax: int) -> list:
@@ -52,6 +52,8 @@ def g_erfc(r, a: float, nmax: int) -> list:
     inv_r2 = 1.0 / (r * r)
     ar = a * r
     if is_torch(r):
+        import torch
+
         expo = torch.exp(-ar * ar) / (a * SQRT_PI)
         b = torch.special.erfc(ar) / r
     else:
@@ -95,7 +97,11 @@ def g_erf(r, a: float, nmax: int) -> list:
 
 
 def _einsum(spec, *ops):
-    return torch.einsum(spec, *ops) if is_torch(ops[0]) else np.einsum(spec, *ops)
+    if is_torch(ops[0]):
+        import torch
+
+        return torch.einsum(spec, *ops)
+    return np.einsum(spec, *ops)
 
 
 def pair_potential_field(rvec, g, q, p=None, t=None, with_fields=False):

@@ -50,7 +50,7 @@ def test_against_plain_sum_batched_and_chunked(engine, small_max, monkeypatch):
     """Every path: torch's size-grouped dense blocks and flat chunked pair list; numba's one-config-per-thread
     half loop and its one-row-per-thread loop for large configs (thresholds lowered to reach them)."""
     import scfdata.reference.direct_sum_numba as numba_mod
-    import scfdata.reference.esp_realspace as mod
+    import scfdata.reference.realspace_torch as mod
 
     monkeypatch.setattr(mod, "_DENSE_MAX_ATOMS", small_max)
     monkeypatch.setattr(numba_mod, "_HALF_LOOP_MAX_ATOMS", small_max)
@@ -220,7 +220,7 @@ def test_padded_buckets_equal_pair_path(sigma, parts, monkeypatch):
     Potentials to 1e-10 V; fields to 1e-11 of the largest field (the dense path expands r_ij = x_i − x_j
     around each config's centroid, which costs a few digits for point quadrupole fields: ~1e-10 V/Å here).
     """
-    import scfdata.reference.esp_realspace as mod
+    import scfdata.reference.realspace_torch as mod
 
     sizes = [1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17, 30, 31, 2, 3, 5, 12]
     pos, q, p, t, ptr = _molecule_batch(sizes)
@@ -292,7 +292,7 @@ def test_bad_inputs_name_what_is_wrong(engine):
 
 def test_close_pairs_fall_back_to_the_pair_list(monkeypatch):
     """A config with a pair much closer than its size is evaluated by the pair list: no loss of digits."""
-    import scfdata.reference.esp_realspace as mod
+    import scfdata.reference.realspace_torch as mod
 
     pos, q, p, t, ptr = _molecule_batch([6, 20, 9])
     pos[10] = pos[9] + [2e-3, 0.0, 0.0]  # config 1: R/d ~ 1e3

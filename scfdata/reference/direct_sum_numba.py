@@ -10,7 +10,7 @@ do not depend on the thread count). A pair at distance zero gives NaN at one of 
 reports it). The compiled code is cached on disk (``cache=True``): the first call with a new combination
 of inputs (dipoles or not, fields or not, array layouts) compiles for ~2 s, once per machine.
 Not supported: l > 2, per-atom widths, devices other than the CPU (the torch engine of
-:mod:`scfdata.reference.esp_realspace` runs there).
+:mod:`scfdata.reference.realspace_torch` runs there).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def direct_sum(pos, q, p, t, ptr, beta: float, with_fields: bool, dipole_columns
     p = None if p is None else np.asarray(p, dtype=np.float64)
     t = None if t is None else np.asarray(t, dtype=np.float64)
     pc = tuple(int(c) for c in dipole_columns)
-    beta = float(beta) if beta else None
+    beta = float(beta) if beta else None  # None: point multipoles (compiled as its own variant)
     v = np.zeros(n)
     e = np.zeros((n, 3)) if with_fields else None
     ptr = np.asarray(ptr, dtype=np.int64)

@@ -15,9 +15,9 @@ charges plus a uniform neutralising background is 0 (tin-foil, k=0 term dropped)
 :mod:`~scfdata.reference.slab` (mean of the two far-vacuum levels is 0 for a neutral slab).
 
 Inputs may be numpy arrays or torch tensors; outputs follow the positions (tensors of their dtype and
-device). When every config is open-boundary, torch inputs stay on their device through the torch
-realspace engine (a GPU when they are there); periodic and slab sums run in numpy on the CPU (torch
-inputs are copied there and the results copied back).
+device). When every config is open-boundary, tensors on a GPU stay there (the torch engine of
+:mod:`~scfdata.reference.realspace_torch`); CPU data go to the compiled CPU loop. Periodic and slab sums run
+on the CPU (tensors are copied there and the results copied back).
 Not supported: per-atom widths, l > 2, mixed pbc such as TFF or FTT (ValueError), slabs whose periodic
 cell vectors are not the first two.
 """
@@ -29,10 +29,12 @@ import warnings
 import numpy as np
 
 from scfdata.reference.batch import atoms_of
-from scfdata.reference.multipoles import multipoles_to_cartesian
+from scfdata.reference.multipoles import check_multipole_columns, multipoles_to_cartesian
 
 BOUNDARIES = ("auto", "realspace", "pbc", "slab", "molecule_in_box")
 SOURCES = ("multipoles", "charges")
+
+
 def to_numpy(x, dtype=float):
     if x is None:
         return None
@@ -170,12 +172,13 @@ def compute_esps(
         )
     if not tolerance > 0:
         raise ValueError(f"tolerance must be > 0 (volts), got {tolerance}")
+    check_multipole_columns(tuple(mp.shape), max_l)
     mp = mp[:, : (max_l + 1) ** 2] if mp.shape[1] > 1 else mp
     codes = _class_codes(pbc_np, boundary)
     opts = dict(smearing_width=float(smearing_width), self_interaction=self_interaction, with_fields=with_fields)
     open_cfg = np.flatnonzero((codes == _REALSPACE) | (codes == _MOLECULE_IN_BOX))
     if torch_like is not None and open_cfg.size == n_cfg:
-        # open boundaries only: the realspace engine runs in torch, on the input's device (a GPU when there)
+        # open boundaries only: tensors stay on their device (a GPU: the torch engine; the CPU: numba)
         return realspace_potential_field(positions, *multipoles_to_cartesian(mp, max_l), ptr_np, **opts)
 
     pos, mp = to_numpy(positions), to_numpy(mp)
@@ -190,14 +193,16 @@ def compute_esps(
     if open_cfg.size:
         idx, sub_ptr = atoms_of(ptr_np, open_cfg)
         v, e = realspace_potential_field(
-            pos[idx], q[idx], None if p is None else p[idx], None if t is None else t[idx], sub_ptr, **opts
+            pos[idx], q[idx], None if p is None else p[idx], None if t is None else t[idx], sub_ptr,
+            config_index=open_cfg, **opts
         )
         esps[idx] = v
         if with_fields:
             fields[idx] = e
 
     cells_3d = np.flatnonzero((codes == _PBC) & (np.diff(ptr_np) > 0))
-    totals = np.add.reduceat(q, ptr_np[cells_3d]) if cells_3d.size else np.zeros(0)
+    idx, sub_ptr = atoms_of(ptr_np, cells_3d)
+    totals = np.add.reduceat(q[idx], sub_ptr[:-1]) if cells_3d.size else np.zeros(0)
     for c, total in zip(cells_3d[np.abs(totals) > 1e-8], totals[np.abs(totals) > 1e-8]):
         warnings.warn(
             f"config {int(c)} (pbc) carries a net charge {total:.6g} e: a uniform neutralising "

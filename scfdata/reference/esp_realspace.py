@@ -32,24 +32,31 @@ from scfdata.reference.multipole_kernels import add_self_and_scale, is_torch
 ENGINES = ("auto", "numba", "torch")
 
 
-def _raise_non_finite(pos, q, p, t, ptr, atom):
+def _raise_non_finite(pos, q, p, t, ptr, atom, config_index=None):
     """Explain a non-finite result at ``atom``: non-finite inputs, or two atoms at one position (numpy or
-    torch arrays)."""
+    torch arrays). Configs are named by ``config_index[c]`` (the caller's numbering; default c) and atoms
+    are counted within their config."""
     arrays = [None if x is None else np.asarray(x.detach().cpu().numpy() if is_torch(x) else x) for x in (pos, q, p, t)]
+
+    def where(k):
+        c = int(np.searchsorted(ptr, k, side="right")) - 1
+        return c, (c if config_index is None else int(config_index[c]))
+
     for name, arr in zip(("positions", "charges", "dipoles", "quadrupoles"), arrays):
         if arr is not None:
             bad = ~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
             if bad.any():
                 k = int(np.flatnonzero(bad)[0])
-                c = int(np.searchsorted(ptr, k, side="right")) - 1
-                raise ValueError(f"{name} of atom {k} (config {c}) are not finite; fix or drop the config")
-    c = int(np.searchsorted(ptr, atom, side="right")) - 1
+                c, label = where(k)
+                raise ValueError(f"{name} of atom {k - int(ptr[c])} of config {label} are not finite; "
+                                 "fix or drop the config")
+    c, label = where(atom)
     a, b = int(ptr[c]), int(ptr[c + 1])
     x = arrays[0][a:b]
     d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1) + np.diag(np.full(b - a, np.inf))
     i, j = np.unravel_index(int(np.argmin(d)), d.shape)
     raise ValueError(
-        f"atoms {a + i} and {a + j} of config {c} sit at the same position (distance {math.sqrt(d[i, j]):.3g} Å); "
+        f"atoms {i} and {j} of config {label} sit at the same position (distance {math.sqrt(d[i, j]):.3g} Å); "
         "the ESP is undefined"
     )
 
@@ -128,6 +135,7 @@ def realspace_potential_field(
     max_pairs: int = 2_000_000,
     engine: str = "auto",
     dipole_columns: tuple[int, int, int] = (0, 1, 2),
+    config_index=None,
 ):
     """Exact open-boundary potential (V) and field (V/Å) at every atom, batched over configs.
 
@@ -142,7 +150,9 @@ def realspace_potential_field(
         atoms (memory ~ 300 bytes per pair with quadrupoles and fields).
     engine : "auto" (numba on the CPU, torch on other devices), "numba" (CPU data only) or "torch".
     dipole_columns : the columns of ``dipoles`` holding p_x, p_y, p_z; e.g. ``(3, 1, 2)`` reads MACE_SCF's
-        multipole array ``[Q, d_y, d_z, d_x]`` as it is (the numba engine then copies nothing).
+        multipole array ``[Q, d_y, d_z, d_x]`` as it is (the numba engine then copies nothing, unless the
+        self term with fields needs the Cartesian dipoles).
+    config_index : how error messages number the configs (the caller's indices; default 0, 1, ...).
 
     Returns
     -------
@@ -179,23 +189,24 @@ def realspace_potential_field(
     t = _checked(convert(quadrupoles), (3, 3), "quadrupoles", n)
     ptr_np = _ptr_array(ptr, n)
     if not _all_finite(pos):  # an infinite position would give finite nonsense
-        _raise_non_finite(pos, q, None, None, ptr_np, 0)
+        _raise_non_finite(pos, q, None, None, ptr_np, 0, config_index)
     sigma = float(smearing_width)
     beta = 1.0 / (math.sqrt(2.0) * sigma) if sigma > 0 else None
+    include_self = self_interaction == "include"
     if engine == "numba":
         from scfdata.reference.direct_sum_numba import direct_sum  # numba: imported (and compiled) when used
 
-        esps, fields = direct_sum(pos, q, p, t, ptr_np, beta or 0.0, with_fields, dipole_columns=p_cols)
-    if p is not None and p_cols != (0, 1, 2):
-        p = p[:, list(p_cols)]  # Cartesian (n, 3): the torch engine and the self term read it so
+        esps, fields = direct_sum(pos, q, p, t, ptr_np, beta, with_fields, dipole_columns=p_cols)
+    if p is not None and p_cols != (0, 1, 2) and (engine == "torch" or (include_self and with_fields)):
+        p = p[:, list(p_cols)]  # Cartesian (n, 3): the torch engine and the self field read it so
     if engine == "torch":
         from scfdata.reference.realspace_torch import torch_engine
 
         esps, fields = torch_engine(pos, q, p, t, ptr_np, beta, with_fields, max_pairs)
     if not (_all_finite(esps) and (fields is None or _all_finite(fields))):
         total = _as_numpy(esps) if fields is None else _as_numpy(esps) + _as_numpy(fields).sum(1)
-        _raise_non_finite(pos, q, p, t, ptr_np, int(np.flatnonzero(~np.isfinite(total))[0]))
-    add_self_and_scale(esps, fields, q, p, sigma, self_interaction == "include")
+        _raise_non_finite(pos, q, p, t, ptr_np, int(np.flatnonzero(~np.isfinite(total))[0]), config_index)
+    add_self_and_scale(esps, fields, q, p, sigma, include_self)
     if torch_out:  # tensors of the positions' (floating) dtype on their device
         import torch
 

@@ -24,6 +24,7 @@ import math
 import numba
 import numpy as np
 
+from scfdata.reference.batch import raise_if_not_finite
 from scfdata.reference.ewald import parameters_from_sums
 from scfdata.reference.multipole_kernels import add_self_and_scale, g_erf_at_zero
 from scfdata.reference.multipole_kernels_numba import radial_erfc, source_potential_field
@@ -131,7 +132,8 @@ def _reciprocal(c, frac, recip, volume, q, p, pc, t, a, b, gamma, k_cut, hmax, v
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
 def _cells(frac, cells, spacing, recip, volume, hmax, q, p, pc, t, ptr, gamma, beta, r_cut, k_cut, v, e):
-    """Real and reciprocal parts of every cell, one cell per thread (units of k_e, no self-pair removal)."""
+    """Real and reciprocal parts of every cell, one cell per thread (units of k_e; the self pair's long-range
+    part is removed by the caller)."""
     for c in numba.prange(ptr.shape[0] - 1):
         a, b = ptr[c], ptr[c + 1]
         if b == a:
@@ -155,9 +157,11 @@ def ewald_many(positions, charges, dipoles, quadrupoles, ptr, cells, *, smearing
 
     positions (n, 3) Å, charges (n,), dipoles (n, 3) Cartesian or None, quadrupoles (n, 3, 3) traceless Θ
     or None, ptr (n_cells + 1,) atom pointer, cells (n_cells, 3, 3) rows are cell vectors; the other
-    arguments as in :func:`scfdata.reference.ewald.ewald_potential_field`. Raises ValueError for a cell
-    without volume or two atoms (or an atom and an image of another) at the same position, naming the
-    config by ``config_index[c]`` (the caller's numbering; default c).
+    arguments as in :func:`scfdata.reference.ewald.ewald_potential_field`. Raises ValueError, naming the
+    config by ``config_index[c]`` (the caller's numbering; default c), for non-finite inputs, a cell without
+    volume, or two atoms (or an atom and an image of another) at the same position — the last only where a
+    real-space part is summed (γ < β): with wide Gaussians (pure reciprocal sum, e.g. σ = 1.5 Å) coincident
+    atoms give finite values, as the smeared densities do.
     """
     if self_interaction not in ("exclude", "include"):
         raise ValueError(f"Unknown self_interaction {self_interaction!r}. Must be 'exclude' or 'include'.")
@@ -180,7 +184,10 @@ def ewald_many(positions, charges, dipoles, quadrupoles, ptr, cells, *, smearing
     if cells.shape[0] != n_cfg:
         raise ValueError(f"`cells` must have one (3, 3) cell per config ({n_cfg}), got {cells.shape[0]}")
     counts = np.diff(ptr)
+    if n == 0:
+        return np.zeros(0), (np.zeros((0, 3)) if with_fields else None)
     label = np.arange(n_cfg) if config_index is None else np.asarray(config_index)
+    raise_if_not_finite(ptr, label, positions=pos, charges=q, dipoles=p, quadrupoles=t)
     cfg = np.repeat(np.arange(n_cfg), counts)
 
     volume = np.abs(np.linalg.det(cells))
@@ -195,7 +202,7 @@ def ewald_many(positions, charges, dipoles, quadrupoles, ptr, cells, *, smearing
     prm = parameters_from_sums(volume, counts, _sum_sq_per_config(q, cfg, n_cfg), _sum_sq_per_config(p, cfg, n_cfg),
                                _sum_sq_per_config(t, cfg, n_cfg), sigma, tolerance)
     gamma = np.ascontiguousarray(prm["gamma"], dtype=np.float64)
-    spacing = 1.0 / np.linalg.norm(inv, axis=1)  # distance between the lattice planes of each direction
+    spacing = 1.0 / np.linalg.norm(inv, axis=1)  # 1/|column a of inv|: distance between lattice planes a
     hmax = np.floor(prm["k_cut"][:, None] * np.linalg.norm(cells, axis=2) / (2 * math.pi)).astype(np.int64)
     frac = np.einsum("na,nab->nb", pos, inv[cfg])
     frac -= np.floor(frac)

@@ -16,7 +16,8 @@ radial function are written with ``g_0 = f``, ``g_{n+1} = (1/r) dg_n/dr``, so th
 Fields are ``E = −∇V`` at the receiving atom (V/Å).
 
 Every function works on numpy arrays and on torch tensors alike (ewald.py calls them with numpy,
-esp_realspace.py with torch). Not supported: l > 2.
+realspace_torch.py with torch; torch is imported only for tensors). The compiled CPU loops use the same
+formulas written per pair in :mod:`scfdata.reference.multipole_kernels_numba`. Not supported: l > 2.
 """
 
 from __future__ import annotations

@@ -47,6 +47,22 @@ def n_components(max_l: int) -> int:
     return (max_l + 1) ** 2
 
 
+def check_multipole_columns(shape, max_l: int | None = None) -> int:
+    """The order to use for a multipole array of ``shape`` (n, K), K in (1, 4, 9), checked against ``max_l``
+    (default: every column present); a ValueError says what is wrong and what to do."""
+    if len(shape) != 2 or shape[1] not in (1, 4, 9):
+        raise ValueError(f"`multipoles` must have shape (n_atoms, K) with K in (1, 4, 9), got shape {tuple(shape)}")
+    have_l = {1: 0, 4: 1, 9: 2}[shape[1]]
+    if max_l is None:
+        return have_l
+    if max_l > have_l:
+        raise ValueError(
+            f"max_l={max_l} needs {(max_l + 1) ** 2} multipole columns, the array has {shape[1]}; "
+            "lower max_l or provide the higher multipoles"
+        )
+    return max_l
+
+
 def multipoles_to_cartesian(multipoles, max_l: int | None = None):
     """Split MACE_SCF-ordered multipoles into Cartesian parts.
 
@@ -65,18 +81,7 @@ def multipoles_to_cartesian(multipoles, max_l: int | None = None):
     m = multipoles if is_tensor else np.asarray(multipoles, dtype=float)
     if m.ndim == 1:
         m = m[:, None]
-    if m.ndim != 2 or m.shape[1] not in (1, 4, 9):
-        raise ValueError(
-            f"`multipoles` must have shape (n_atoms, K) with K in (1, 4, 9), got shape {tuple(m.shape)}"
-        )
-    have_l = {1: 0, 4: 1, 9: 2}[m.shape[1]]
-    if max_l is None:
-        max_l = have_l
-    if max_l > have_l:
-        raise ValueError(
-            f"max_l={max_l} needs {(max_l + 1) ** 2} multipole columns, the array has {m.shape[1]}; "
-            "lower max_l or provide the higher multipoles"
-        )
+    max_l = check_multipole_columns(m.shape, max_l)
     charges = m[:, 0] * 1.0  # a copy, numpy or torch
     dipoles = None
     if max_l >= 1:  # row-major (n, 3), as the engines read it

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scfdata.reference.batch import atoms_of
+from scfdata.reference.batch import atoms_of, raise_if_not_finite
 
 #: Cells with at least this many atoms go to particle-mesh Ewald, one at a time; smaller ones to the compiled
 #: plain Ewald, all in one call (measured at water density, 1e-6 V, one cell: the compiled Ewald is faster
@@ -47,8 +47,13 @@ def periodic_potential_field(positions, charges, dipoles, quadrupoles, ptr, cell
             e[idx] = es
     for c in np.flatnonzero(counts >= PME_MIN_ATOMS):
         a, b = int(ptr[c]), int(ptr[c + 1])
-        vs, es = pme_potential_field(pos[a:b], q[a:b], None if p is None else p[a:b], None if t is None else t[a:b],
-                                     cells[c], **opts)
+        arrays = [None if x is None else x[a:b] for x in (pos, q, p, t)]
+        raise_if_not_finite([0, b - a], [label[c]], positions=arrays[0], charges=arrays[1], dipoles=arrays[2],
+                            quadrupoles=arrays[3])
+        try:
+            vs, es = pme_potential_field(*arrays, cells[c], **opts)
+        except ValueError as err:  # name the config (PME counts atoms within the cell)
+            raise ValueError(f"config {int(label[c])}: {err}") from err
         v[a:b] = vs
         if with_fields:
             e[a:b] = es

@@ -350,11 +350,7 @@ def _pair_list(pos, q, p, t, starts, sizes, beta, nmax, with_fields, max_pairs, 
         src = torch.as_tensor(src_np, device=dev)
         rvec = pos[recv] - pos[src]
         r = torch.linalg.vector_norm(rvec, dim=1)
-        if bool((r == 0.0).any()):
-            k = int(torch.nonzero(r == 0.0)[0])
-            raise ValueError(
-                f"atoms {int(recv_np[k])} and {int(src_np[k])} sit at the same position; the ESP is undefined"
-            )
+        r = torch.where(r == 0.0, math.nan, r)  # a coincident pair: non-finite, explained by the caller
         g = g_coulomb(r, nmax) if beta is None else g_erf(r, beta, nmax)
         v, e = pair_potential_field(
             rvec, g, q[src], None if p is None else p[src], None if t is None else t[src], with_fields

@@ -163,6 +163,12 @@ def test_many_slabs_in_one_call_equal_one_by_one(sigma, monkeypatch):
     monkeypatch.setattr(periodic, "PME_MIN_ATOMS", 1)
     v_pme, _ = slabs_potential_field(*cat, ptr, cells, **kw)
     np.testing.assert_allclose(v_pme, want_v, rtol=0, atol=1e-7)
+    if sigma == 0.0:  # charges only: the two slabs in the xy plane against the independent 2D Ewald sum
+        monkeypatch.setattr(periodic, "PME_MIN_ATOMS", 600)
+        v_q, _ = slabs_potential_field(cat[0], cat[1], None, None, ptr, cells, tolerance=1e-8)
+        for c in (0, 1):
+            a, b = ptr[c], ptr[c + 1]
+            np.testing.assert_allclose(v_q[a:b], _parry_2d_ewald(cat[0][a:b], cat[1][a:b], cells[c]), atol=1e-6)
     with pytest.raises(ValueError, match="config 7: a slab needs two independent in-plane cell vectors"):
         bad = cells.copy()
         bad[1, 1] = bad[1, 0]

@@ -8,8 +8,8 @@ follow the positions: numpy in, numpy out; torch in, tensors of the positions' d
 computed in float64). ``engine="auto"`` picks by where the data are:
 
 * CPU (numpy arrays or CPU tensors): :mod:`scfdata.reference.direct_sum_numba`, one compiled loop over the
-  pairs of every config (numba, threads over configs; O(n) memory). Measured 7-8x faster than the torch
-  engine on CPU for 10,000 small molecules (``benchmarks/bench_esp_open.py``).
+  pairs of every config (numba, threads over configs; O(n) memory). Measured 6x faster than the torch
+  engine on the CPU for 10,000 small molecules (``benchmarks/bench_esp_open.py``).
 * Any other device (a GPU): the torch engine, :mod:`scfdata.reference.realspace_torch`, on the tensors'
   device. ``engine="torch"`` forces it on the CPU too (the tests compare the two engines). torch is imported
   only for tensor inputs or that engine.
@@ -27,6 +27,7 @@ import math
 
 import numpy as np
 
+from scfdata.reference.batch import raise_if_not_finite
 from scfdata.reference.multipole_kernels import add_self_and_scale, is_torch
 
 ENGINES = ("auto", "numba", "torch")
@@ -37,20 +38,10 @@ def _raise_non_finite(pos, q, p, t, ptr, atom, config_index=None):
     torch arrays). Configs are named by ``config_index[c]`` (the caller's numbering; default c) and atoms
     are counted within their config."""
     arrays = [None if x is None else np.asarray(x.detach().cpu().numpy() if is_torch(x) else x) for x in (pos, q, p, t)]
-
-    def where(k):
-        c = int(np.searchsorted(ptr, k, side="right")) - 1
-        return c, (c if config_index is None else int(config_index[c]))
-
-    for name, arr in zip(("positions", "charges", "dipoles", "quadrupoles"), arrays):
-        if arr is not None:
-            bad = ~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
-            if bad.any():
-                k = int(np.flatnonzero(bad)[0])
-                c, label = where(k)
-                raise ValueError(f"{name} of atom {k - int(ptr[c])} of config {label} are not finite; "
-                                 "fix or drop the config")
-    c, label = where(atom)
+    raise_if_not_finite(ptr, config_index, positions=arrays[0], charges=arrays[1], dipoles=arrays[2],
+                        quadrupoles=arrays[3])
+    c = int(np.searchsorted(ptr, atom, side="right")) - 1
+    label = c if config_index is None else int(config_index[c])
     a, b = int(ptr[c]), int(ptr[c + 1])
     x = arrays[0][a:b]
     d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1) + np.diag(np.full(b - a, np.inf))

@@ -282,7 +282,7 @@ def test_bad_inputs_name_what_is_wrong(engine):
     pos, q, p, _, ptr = _molecule_batch([3, 4])
     bad = pos.copy()
     bad[5, 1] = np.inf
-    with pytest.raises(ValueError, match=r"positions of atom 2 of config 1 are not finite"):
+    with pytest.raises(ValueError, match=r"config 1: positions of atom 2 are not finite"):
         _esp(engine, bad, q, p, None, ptr)
     with pytest.raises(ValueError, match=r"`charges` must have shape \[7\]"):
         _esp(engine, pos, q[:3], p, None, ptr)

@@ -3,6 +3,7 @@
 import itertools
 import math
 
+import crystals  # tests/reference/crystals.py: Madelung crystals in several cell choices
 import numpy as np
 import pytest
 from scipy.special import erfc
@@ -12,55 +13,12 @@ from scfdata.reference.esp_realspace import realspace_potential_field
 from scfdata.reference.ewald import choose_parameters, ewald_potential_field
 
 RNG = np.random.default_rng(5)
-FCC = np.array([[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
 
 
-def _rot():
-    return np.linalg.qr(np.random.default_rng(3).normal(size=(3, 3)))[0]
-
-
-def _crystal(name):
-    """(fractional-free) positions, charges, conventional cell, nearest-neighbour distance, Madelung."""
-    a = 5.0
-    if name == "rocksalt":
-        pos = np.concatenate([FCC, FCC + [0.5, 0, 0]]) * a
-        return pos, np.repeat([1.0, -1.0], 4), np.eye(3) * a, a / 2, 1.747564594633
-    if name == "cscl":
-        return np.array([[0, 0, 0], [0.5, 0.5, 0.5]]) * a, np.array([1.0, -1.0]), np.eye(3) * a, \
-            a * math.sqrt(3) / 2, 1.762674773070
-    if name == "zincblende":
-        pos = np.concatenate([FCC, FCC + 0.25]) * a
-        return pos, np.repeat([1.0, -1.0], 4), np.eye(3) * a, a * math.sqrt(3) / 4, 1.638055053388
-    raise KeyError(name)
-
-
-def _primitive(name):
-    a = 5.0
-    fcc = np.array([[0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]]) * a
-    if name == "rocksalt":
-        return np.array([[0, 0, 0], [a / 2, 0, 0]]), np.array([1.0, -1.0]), fcc
-    if name == "zincblende":
-        return np.array([[0, 0, 0], [a / 4] * 3]), np.array([1.0, -1.0]), fcc
-    return _crystal(name)[:3]
-
-
-def _variants(name):
-    pos, q, cell, *_ = _crystal(name)
-    yield "conventional", pos, q, cell
-    yield "primitive", *_primitive(name)
-    shifts = np.array(list(itertools.product(range(3), repeat=3))) @ cell
-    yield "supercell333", (pos[None] + shifts[:, None]).reshape(-1, 3), np.tile(q, 27), cell * 3
-    rot = _rot()
-    yield "rotated", pos @ rot.T + [0.3, -1.1, 7.0], q, cell @ rot.T
-    ppos, pq, pcell = _primitive(name)
-    uni = np.array([[1, 0, 0], [1, 1, 0], [2, -1, 1]])  # unimodular: same lattice, skewed cell
-    yield "triclinic", ppos, pq, uni @ pcell
-
-
-@pytest.mark.parametrize("name", ["rocksalt", "cscl", "zincblende"])
+@pytest.mark.parametrize("name", crystals.NAMES)
 def test_madelung_constants_all_cell_choices(name):
-    *_, d, madelung = _crystal(name)
-    for label, pos, q, cell in _variants(name):
+    *_, d, madelung = crystals.crystal(name)
+    for label, pos, q, cell in crystals.cell_choices(name):
         v, _ = ewald_potential_field(pos, q, None, None, cell, tolerance=1e-6)
         m = -v * q * d / K_E
         np.testing.assert_allclose(m, madelung, rtol=1e-6, err_msg=label)
@@ -194,7 +152,7 @@ def test_invariances():
     from scfdata.reference.multipoles import cartesian_to_multipoles, multipoles_to_cartesian, rotate_multipoles
 
     v, e = ewald_potential_field(pos, q, p, t, cell, tolerance=1e-9, with_fields=True)
-    rot = _rot()
+    rot = crystals.rotation()
     q2, p2, t2 = multipoles_to_cartesian(rotate_multipoles(cartesian_to_multipoles(q, p, t), rot))
     v2, e2 = ewald_potential_field(pos @ rot.T + [1, 2, 3], q2, p2, t2, cell @ rot.T, tolerance=1e-9,
                                    with_fields=True)

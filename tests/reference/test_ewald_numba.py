@@ -5,9 +5,9 @@ multipole order, width and boundary detail, fields by finite differences, errors
 import math
 import warnings
 
+import crystals  # tests/reference/crystals.py: Madelung crystals in several cell choices
 import numpy as np
 import pytest
-from test_ewald import _crystal, _variants  # the crystals and cell choices of the per-cell Ewald tests
 
 from scfdata.constants import K_E
 from scfdata.reference.esp import compute_esps
@@ -28,9 +28,9 @@ def test_madelung_constants_and_wigner_potential_in_one_batch():
     """Three crystals x five cell choices (primitive, conventional, 3x3x3, rotated, triclinic) and a lone
     charge in two boxes, all in one call: Madelung constants to 1e-6 relative, Wigner's −2.837297 k q/L."""
     systems, want = [], []
-    for name in ("rocksalt", "cscl", "zincblende"):
-        *_, d, madelung = _crystal(name)
-        for _, pos, q, cell in _variants(name):
+    for name in crystals.NAMES:
+        *_, d, madelung = crystals.crystal(name)
+        for _, pos, q, cell in crystals.cell_choices(name):
             systems.append((pos, q, None, None, cell))
             want.append(-madelung * K_E * q / d)
     for length in (4.0, 9.0):

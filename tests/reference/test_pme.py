@@ -1,8 +1,8 @@
 """Smooth particle-mesh Ewald against the plain Ewald engine, Madelung constants, limits and dispatch."""
 
-import itertools
 import math
 
+import crystals  # tests/reference/crystals.py: Madelung crystals in several cell choices
 import numpy as np
 import pytest
 
@@ -112,25 +112,12 @@ def test_self_interaction_include_matches_ewald():
         pme_potential_field(pos, q, p, None, TRICLINIC, self_interaction="include")
 
 
-FCC = np.array([[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
-
-
-def test_madelung_rock_salt_cell_choices():
-    a, madelung = 5.0, 1.747564594633
-    pos = np.concatenate([FCC, FCC + [0.5, 0, 0]]) * a
-    q = np.repeat([1.0, -1.0], 4)
-    prim = np.array([[0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]]) * a
-    shifts = np.array(list(itertools.product(range(3), repeat=3))) * a
-    uni = np.array([[1, 0, 0], [1, 1, 0], [2, -1, 1]])
-    variants = {
-        "conventional": (pos, q, np.eye(3) * a),
-        "primitive": (np.array([[0, 0, 0], [a / 2, 0, 0]]), np.array([1.0, -1.0]), prim),
-        "triclinic": (np.array([[0, 0, 0], [a / 2, 0, 0]]), np.array([1.0, -1.0]), uni @ prim),
-        "supercell333": ((pos[None] + shifts[:, None]).reshape(-1, 3), np.tile(q, 27), np.eye(3) * 3 * a),
-    }
-    for label, (x, qq, cell) in variants.items():
-        v, _ = pme_potential_field(x, qq, None, None, cell, tolerance=1e-6)
-        np.testing.assert_allclose(-v * qq * (a / 2) / K_E, madelung, rtol=1e-6, err_msg=label)
+@pytest.mark.parametrize("name", crystals.NAMES)
+def test_madelung_constants_all_cell_choices(name):
+    *_, d, madelung = crystals.crystal(name)
+    for label, pos, q, cell in crystals.cell_choices(name):
+        v, _ = pme_potential_field(pos, q, None, None, cell, tolerance=1e-6)
+        np.testing.assert_allclose(-v * q * d / K_E, madelung, rtol=1e-6, err_msg=label)
 
 
 def test_lone_charge_background_wigner_constant():

@@ -6,9 +6,11 @@ The physics is that of :mod:`scfdata.reference.multipole_kernels`, written per p
 erf(βr)/r for MACE_SCF's Gaussian-type multipoles, β = 1/(√2σ)). Every pair is visited once and added to
 both atoms (r → −r for the reverse direction). Configs of up to ``_HALF_LOOP_MAX_ATOMS`` atoms run one
 config per thread; larger ones one receiving atom per thread (each thread sums a whole row, so the results
-do not depend on the thread count). A pair at distance zero gives NaN at one of its atoms (the caller
-reports it). The compiled code is cached on disk (``cache=True``): the first call with a new combination
-of inputs (dipoles or not, fields or not, array layouts) compiles for ~2 s, once per machine.
+do not depend on the thread count). A pair closer than ``MIN_SEPARATION`` gives NaN at one of its atoms
+(the caller reports it). The compiled code is cached on disk (``cache=True``): the first call with a new
+combination of inputs (dipoles or not, fields or not, array layouts) compiles for ~2 s, once per machine.
+numba's cache follows this file only: after editing the inlined kernels of ``multipole_kernels_numba.py``
+(or ``MIN_SEPARATION``) in a source checkout, touch this file and ``ewald_numba.py`` so that they recompile.
 Not supported: l > 2, per-atom widths, devices other than the CPU (the torch engine of
 :mod:`scfdata.reference.realspace_torch` runs there).
 """
@@ -20,7 +22,10 @@ import math
 import numba
 import numpy as np
 
+from scfdata.reference.multipole_kernels import MIN_SEPARATION
 from scfdata.reference.multipole_kernels_numba import radial_point_or_erf, source_potential_field
+
+_MIN_R2 = MIN_SEPARATION**2  # a compile-time constant of the kernels
 
 #: Configs with at most this many atoms are summed by one thread each over their unique pairs; larger
 #: configs are split over threads by receiving atom (full rows).
@@ -56,7 +61,7 @@ def _small_configs(pos, q, p, pc, t, starts, ends, beta, v, e):
                     e[j, 0] += dx
                     e[j, 1] += dy
                     e[j, 2] += dz
-            v[i] += vi if r2min > 0.0 else math.nan  # a coincident pair: reported by the caller
+            v[i] += vi if r2min >= _MIN_R2 else math.nan  # a coincident pair: reported by the caller
             if e is not None:
                 e[i, 0] += exi
                 e[i, 1] += eyi
@@ -76,7 +81,7 @@ def _large_config_rows(pos, q, p, pc, t, rows, starts, ends, beta, v, e):
                 r2min = min(r2min, r2)
                 dv, dx, dy, dz = source_potential_field(j, rx, ry, rz, g0, g1, g2, g3, q, p, pc, t, e)
                 vi, exi, eyi, ezi = vi + dv, exi + dx, eyi + dy, ezi + dz
-        v[i] = vi if r2min > 0.0 else math.nan
+        v[i] = vi if r2min >= _MIN_R2 else math.nan
         if e is not None:
             e[i, 0] = exi
             e[i, 1] = eyi

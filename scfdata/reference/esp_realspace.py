@@ -26,30 +26,44 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.spatial import cKDTree
 
-from scfdata.reference.batch import raise_if_not_finite
-from scfdata.reference.multipole_kernels import add_self_and_scale, is_torch
+from scfdata.reference.batch import raise_if_not_finite, raise_if_not_traceless
+from scfdata.reference.multipole_kernels import MIN_SEPARATION, add_self_and_scale, is_torch
 
 ENGINES = ("auto", "numba", "torch")
 
 
 def _raise_non_finite(pos, q, p, t, ptr, atom, config_index=None):
-    """Explain a non-finite result at ``atom``: non-finite inputs, or two atoms at one position (numpy or
-    torch arrays). Configs are named by ``config_index[c]`` (the caller's numbering; default c) and atoms
-    are counted within their config."""
+    """Explain a non-finite result at ``atom``: non-finite inputs, or two atoms closer than MIN_SEPARATION
+    (numpy or torch arrays). Configs are named by ``config_index[c]`` (the caller's numbering; default c)
+    and atoms are counted within their config."""
     arrays = [None if x is None else np.asarray(x.detach().cpu().numpy() if is_torch(x) else x) for x in (pos, q, p, t)]
     raise_if_not_finite(ptr, config_index, positions=arrays[0], charges=arrays[1], dipoles=arrays[2],
                         quadrupoles=arrays[3])
     c = int(np.searchsorted(ptr, atom, side="right")) - 1
     label = c if config_index is None else int(config_index[c])
-    a, b = int(ptr[c]), int(ptr[c + 1])
-    x = arrays[0][a:b]
-    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1) + np.diag(np.full(b - a, np.inf))
-    i, j = np.unravel_index(int(np.argmin(d)), d.shape)
+    x = arrays[0][int(ptr[c]):int(ptr[c + 1])]
+    d, nearest = cKDTree(x).query(x, k=2)  # O(n log n), memory-light also for configs of 10^4+ atoms
+    i = int(np.argmin(d[:, 1]))
+    j = int(nearest[i, 1] if nearest[i, 0] == i else nearest[i, 0])  # two at one point: either comes first
+    i, j = min(i, j), max(i, j)
     raise ValueError(
-        f"atoms {i} and {j} of config {label} sit at the same position (distance {math.sqrt(d[i, j]):.3g} Å); "
-        "the ESP is undefined"
+        f"atoms {i} and {j} of config {label} sit at the same position (distance "
+        f"{d[i, 1]:.3g} Å, below {MIN_SEPARATION:g} Å); the ESP is undefined"
     )
+
+
+def _check_lone_atoms(q, p, t, ptr, config_index) -> None:
+    """Non-finite multipoles of atoms alone in their config (without the self term their ESP is 0 and would
+    not show it; in larger configs every source reaches the other atoms' results, which are checked)."""
+    lone_configs = np.flatnonzero(np.diff(ptr) == 1)
+    if lone_configs.size:
+        atoms = ptr[lone_configs]  # numpy indices select rows of tensors too
+        labels = lone_configs if config_index is None else np.asarray(config_index)[lone_configs]
+        raise_if_not_finite(np.arange(atoms.size + 1), labels,
+                            **{name: None if x is None else _as_numpy(x[atoms])
+                               for name, x in (("charges", q), ("dipoles", p), ("quadrupoles", t))})
 
 
 def _all_finite(x) -> bool:
@@ -150,8 +164,9 @@ def realspace_potential_field(
     esps (n_atoms,), fields (n_atoms, 3) or None: numpy float64 for numpy positions; for torch positions,
     tensors of their (floating) dtype on their device (always computed in float64).
 
-    Raises ValueError for non-finite positions, two atoms of one config at the same position, or a
-    ``ptr`` that does not rise from 0 to n_atoms.
+    Raises ValueError for non-finite inputs, two atoms of one config closer than ``MIN_SEPARATION``
+    (1e-6 Å), a quadrupole that is not symmetric and traceless, or a ``ptr`` that does not rise from 0 to
+    n_atoms.
     """
     if self_interaction not in ("exclude", "include"):
         raise ValueError(f"Unknown self_interaction {self_interaction!r}. Must be 'exclude' or 'include'.")
@@ -163,8 +178,10 @@ def realspace_potential_field(
             f"infinite); got smearing_width={smearing_width}. Use 'exclude' or set a width."
         )
     p_cols = tuple(int(c) for c in dipole_columns)
-    if len(p_cols) != 3 or min(p_cols) < 0:
-        raise ValueError(f"`dipole_columns` must be 3 non-negative column indices (x, y, z), got {dipole_columns!r}")
+    if len(p_cols) != 3 or min(p_cols) < 0 or len(set(p_cols)) != 3:
+        raise ValueError(
+            f"`dipole_columns` must be 3 distinct non-negative column indices (x, y, z), got {dipole_columns!r}"
+        )
     torch_out = is_torch(positions)
     device = positions.device if torch_out else None
     on_cpu = device is None or device.type == "cpu"
@@ -181,6 +198,8 @@ def realspace_potential_field(
     ptr_np = _ptr_array(ptr, n)
     if not _all_finite(pos):  # an infinite position would give finite nonsense
         _raise_non_finite(pos, q, None, None, ptr_np, 0, config_index)
+    raise_if_not_traceless(t, ptr_np, config_index)
+    _check_lone_atoms(q, p, t, ptr_np, config_index)
     sigma = float(smearing_width)
     beta = 1.0 / (math.sqrt(2.0) * sigma) if sigma > 0 else None
     include_self = self_interaction == "include"
@@ -194,10 +213,10 @@ def realspace_potential_field(
         from scfdata.reference.realspace_torch import torch_engine
 
         esps, fields = torch_engine(pos, q, p, t, ptr_np, beta, with_fields, max_pairs)
+    add_self_and_scale(esps, fields, q, p, sigma, include_self)
     if not (_all_finite(esps) and (fields is None or _all_finite(fields))):
         total = _as_numpy(esps) if fields is None else _as_numpy(esps) + _as_numpy(fields).sum(1)
         _raise_non_finite(pos, q, p, t, ptr_np, int(np.flatnonzero(~np.isfinite(total))[0]), config_index)
-    add_self_and_scale(esps, fields, q, p, sigma, include_self)
     if torch_out:  # tensors of the positions' (floating) dtype on their device
         import torch
 

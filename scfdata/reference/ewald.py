@@ -30,7 +30,9 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from scfdata.constants import K_E
+from scfdata.reference.batch import raise_if_bad_cells, raise_if_not_finite, raise_if_not_traceless
 from scfdata.reference.multipole_kernels import (
+    MIN_SEPARATION,
     accumulate,
     add_self_and_scale,
     g_erf_at_zero,
@@ -45,9 +47,7 @@ _COST_RATIO = 3.0
 
 def _check_cell(cell) -> np.ndarray:
     cell = np.asarray(cell, dtype=float).reshape(3, 3)
-    vol = abs(np.linalg.det(cell))
-    if not vol > 1e-9 * max(1.0, np.abs(cell).max() ** 3):
-        raise ValueError(f"periodic evaluation needs a cell with non-zero volume; got cell {cell.tolist()}")
+    raise_if_bad_cells(cell)
     return cell
 
 
@@ -211,6 +211,8 @@ def ewald_sum(positions, charges, dipoles, quadrupoles, cell, *, choose, recipro
     pos = np.asarray(positions, dtype=float)
     q = np.asarray(charges, dtype=float).reshape(-1)
     n = pos.shape[0]
+    raise_if_not_finite([0, n], None, positions=pos, charges=q, dipoles=dipoles, quadrupoles=quadrupoles)
+    raise_if_not_traceless(quadrupoles, [0, n])
     sigma = float(smearing_width)
     if self_interaction not in ("exclude", "include"):
         raise ValueError(f"Unknown self_interaction {self_interaction!r}. Must be 'exclude' or 'include'.")
@@ -230,9 +232,10 @@ def ewald_sum(positions, charges, dipoles, quadrupoles, cell, *, choose, recipro
     if gamma < beta:
         for recv, src, rvec in periodic_pairs(pos_w, cell, prm["r_cut"], max_pairs):
             r = np.sqrt(np.einsum("pa,pa->p", rvec, rvec))
-            if np.any(r == 0.0):
-                k = int(np.flatnonzero(r == 0.0)[0])
-                raise ValueError(f"atoms {int(recv[k])} and {int(src[k])} (or an image) coincide")
+            if np.any(r < MIN_SEPARATION):
+                k = int(np.flatnonzero(r < MIN_SEPARATION)[0])
+                raise ValueError(f"atoms {int(recv[k])} and {int(src[k])} (or an image of it) sit at the same position "
+                                 f"(closer than {MIN_SEPARATION:g} Å); the ESP is undefined")
             g = g_erfc(r, gamma, nmax)
             if beta < math.inf:
                 gb = g_erfc(r, beta, nmax)

@@ -24,10 +24,12 @@ import math
 import numba
 import numpy as np
 
-from scfdata.reference.batch import raise_if_not_finite
+from scfdata.reference.batch import raise_if_bad_cells, raise_if_not_finite, raise_if_not_traceless
 from scfdata.reference.ewald import parameters_from_sums
-from scfdata.reference.multipole_kernels import add_self_and_scale, g_erf_at_zero
+from scfdata.reference.multipole_kernels import MIN_SEPARATION, add_self_and_scale, g_erf_at_zero
 from scfdata.reference.multipole_kernels_numba import radial_erfc, source_potential_field
+
+_MIN_R2 = MIN_SEPARATION**2  # a compile-time constant of the kernels
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
@@ -69,7 +71,7 @@ def _real_space(c, frac, cells, spacing, q, p, pc, t, a, b, gamma, beta, r_cut, 
                             g0, g1, g2, g3 = g0 - h0, g1 - h1, g2 - h2, g3 - h3
                         dv, dx, dy, dz = source_potential_field(j, rx, ry, rz, g0, g1, g2, g3, q, p, pc, t, e)
                         vi, exi, eyi, ezi = vi + dv, exi + dx, eyi + dy, ezi + dz
-        v[i] += vi if r2min > 0.0 else math.nan  # an atom on top of another (or an image): reported
+        v[i] += vi if r2min >= _MIN_R2 else math.nan  # an atom on top of another (or an image): reported
         if e is not None:
             e[i, 0] += exi
             e[i, 1] += eyi
@@ -159,7 +161,7 @@ def ewald_many(positions, charges, dipoles, quadrupoles, ptr, cells, *, smearing
     or None, ptr (n_cells + 1,) atom pointer, cells (n_cells, 3, 3) rows are cell vectors; the other
     arguments as in :func:`scfdata.reference.ewald.ewald_potential_field`. Raises ValueError, naming the
     config by ``config_index[c]`` (the caller's numbering; default c), for non-finite inputs, a cell without
-    volume, or two atoms (or an atom and an image of another) at the same position — the last only where a
+    volume, or two atoms (or an atom and an image of another) closer than ``MIN_SEPARATION`` — the last only where a
     real-space part is summed (γ < β): with wide Gaussians (pure reciprocal sum, e.g. σ = 1.5 Å) coincident
     atoms give finite values, as the smeared densities do.
     """
@@ -188,15 +190,11 @@ def ewald_many(positions, charges, dipoles, quadrupoles, ptr, cells, *, smearing
         return np.zeros(0), (np.zeros((0, 3)) if with_fields else None)
     label = np.arange(n_cfg) if config_index is None else np.asarray(config_index)
     raise_if_not_finite(ptr, label, positions=pos, charges=q, dipoles=p, quadrupoles=t)
+    raise_if_not_traceless(t, ptr, label)
+    raise_if_bad_cells(cells, label)
     cfg = np.repeat(np.arange(n_cfg), counts)
 
     volume = np.abs(np.linalg.det(cells))
-    flat = volume <= 1e-9 * np.maximum(1.0, np.abs(cells).max(axis=(1, 2)) ** 3)
-    if flat.any():
-        c = int(np.flatnonzero(flat)[0])
-        raise ValueError(
-            f"config {int(label[c])}: periodic evaluation needs a cell with non-zero volume; got {cells[c].tolist()}"
-        )
     inv = np.linalg.inv(cells)
     beta = 1.0 / (math.sqrt(2.0) * sigma) if sigma > 0 else None
     prm = parameters_from_sums(volume, counts, _sum_sq_per_config(q, cfg, n_cfg), _sum_sq_per_config(p, cfg, n_cfg),
@@ -215,8 +213,8 @@ def ewald_many(positions, charges, dipoles, quadrupoles, ptr, cells, *, smearing
     if not np.isfinite(v).all():
         c = int(cfg[np.flatnonzero(~np.isfinite(v))[0]])
         raise ValueError(
-            f"config {int(label[c])}: two atoms, or an atom and a periodic image of another, sit at the same position; "
-            "the ESP is undefined"
+            f"config {int(label[c])}: two atoms, or an atom and a periodic image of another, sit at the same position "
+            f"(closer than {MIN_SEPARATION:g} Å); the ESP is undefined"
         )
     # the self pair's long-range part, and the neutralising background (β = ∞: no 1/β² term)
     g_atom = gamma[cfg]

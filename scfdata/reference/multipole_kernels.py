@@ -31,6 +31,12 @@ from scfdata.constants import K_E
 
 SQRT_PI = math.sqrt(math.pi)
 
+#: Two atoms of a config (or an atom and a periodic image of another) closer than this (Å) are reported as
+#: sitting at the same position, by every engine: the ESP of point multipoles is undefined there, and below
+#: it round-off of the coordinates (e.g. through fractional coordinates) rather than the data decides the
+#: result. Real structures are far apart (ingest rejects atoms closer than 0.1 Å).
+MIN_SEPARATION = 1e-6
+
 
 def is_torch(x) -> bool:
     """A torch tensor? (checked without importing torch, so numpy-only callers never load it)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scfdata.reference.batch import atoms_of, raise_if_not_finite
+from scfdata.reference.batch import atoms_of, raise_if_bad_cells, raise_if_not_finite, raise_if_not_traceless
 
 #: Cells with at least this many atoms go to particle-mesh Ewald, one at a time; smaller ones to the compiled
 #: plain Ewald, all in one call (measured at water density, 1e-6 V, one cell: the compiled Ewald is faster
@@ -28,11 +28,14 @@ def periodic_potential_field(positions, charges, dipoles, quadrupoles, ptr, cell
     from scfdata.reference.pme import pme_potential_field
 
     pos = np.asarray(positions, dtype=float)
-    q, p, t = charges, dipoles, quadrupoles
+    q, p, t = (None if x is None else np.asarray(x, dtype=float) for x in (charges, dipoles, quadrupoles))
     ptr = np.asarray(ptr, dtype=np.int64)
     cells = np.asarray(cells, dtype=float).reshape(-1, 3, 3)
     counts = np.diff(ptr)
     label = np.arange(counts.size) if config_index is None else np.asarray(config_index)
+    raise_if_not_finite(ptr, label, positions=pos, charges=q, dipoles=p, quadrupoles=t)
+    raise_if_not_traceless(t, ptr, label)
+    raise_if_bad_cells(cells[counts > 0], label[counts > 0])
     opts = dict(smearing_width=smearing_width, self_interaction=self_interaction, tolerance=tolerance,
                 with_fields=with_fields)
     v = np.zeros(pos.shape[0])
@@ -48,8 +51,6 @@ def periodic_potential_field(positions, charges, dipoles, quadrupoles, ptr, cell
     for c in np.flatnonzero(counts >= PME_MIN_ATOMS):
         a, b = int(ptr[c]), int(ptr[c + 1])
         arrays = [None if x is None else x[a:b] for x in (pos, q, p, t)]
-        raise_if_not_finite([0, b - a], [label[c]], positions=arrays[0], charges=arrays[1], dipoles=arrays[2],
-                            quadrupoles=arrays[3])
         try:
             vs, es = pme_potential_field(*arrays, cells[c], **opts)
         except ValueError as err:  # name the config (PME counts atoms within the cell)

@@ -26,7 +26,14 @@ import math
 import numpy as np
 import torch
 
-from scfdata.reference.multipole_kernels import accumulate, g_coulomb, g_erf, nmax_needed, pair_potential_field
+from scfdata.reference.multipole_kernels import (
+    MIN_SEPARATION,
+    accumulate,
+    g_coulomb,
+    g_erf,
+    nmax_needed,
+    pair_potential_field,
+)
 
 #: Configs with at most this many atoms are evaluated as dense padded (G, m, m) blocks.
 _DENSE_MAX_ATOMS = 64
@@ -202,8 +209,9 @@ def _bucket_planes(pos, q, p, t, flat, weight, layout, n_planes, beta):
 
 def _distances(x):
     """|x_i − x_j| (G, m, m) from the coordinate planes x (3, G, m) (coordinate differences, no Gram
-    shortcut: exact to rounding), self pairs +inf."""
+    shortcut: exact to rounding), self pairs +inf, pairs closer than MIN_SEPARATION NaN (reported by the caller)."""
     r = torch.cdist(x.permute(1, 2, 0), x.permute(1, 2, 0), compute_mode="donot_use_mm_for_euclid_dist")
+    r.masked_fill_(r < MIN_SEPARATION, math.nan)
     r.diagonal(dim1=1, dim2=2).fill_(math.inf)
     return r
 
@@ -216,7 +224,7 @@ def _dense_chunk(ch, radius2, layout, beta, nmax, have_p, have_t, with_fields):
     if nmax > 1:  # the expansion in x_i loses ~(R/d_min)^nmax ulps: close pairs go to the pair list
         redo = r.amin(dim=(1, 2)) ** 2 * _EXPANSION_RATIO ** (2.0 / nmax) < radius2
     if beta is None:  # 1/r^(2n+1); the sign and (2n−1)!! are in the source columns
-        g = [r.reciprocal_()]  # a coincident pair gives inf here, and a non-finite result in the end
+        g = [r.reciprocal_()]
         if nmax == 1:
             g.append(g[0].pow(3))
         elif nmax > 1:
@@ -350,7 +358,7 @@ def _pair_list(pos, q, p, t, starts, sizes, beta, nmax, with_fields, max_pairs, 
         src = torch.as_tensor(src_np, device=dev)
         rvec = pos[recv] - pos[src]
         r = torch.linalg.vector_norm(rvec, dim=1)
-        r = torch.where(r == 0.0, math.nan, r)  # a coincident pair: non-finite, explained by the caller
+        r = torch.where(r < MIN_SEPARATION, math.nan, r)  # a coincident pair: non-finite, explained by the caller
         g = g_coulomb(r, nmax) if beta is None else g_erf(r, beta, nmax)
         v, e = pair_potential_field(
             rvec, g, q[src], None if p is None else p[src], None if t is None else t[src], with_fields

@@ -33,16 +33,26 @@ import math
 import numpy as np
 
 from scfdata.constants import K_E
+from scfdata.reference.batch import raise_if_not_finite
 from scfdata.reference.esp_realspace import realspace_potential_field
 
 
 def _in_plane_kmin(cells):
-    """Length of the shortest non-zero reciprocal vector of each 2D lattice (cells[:, 0], cells[:, 1])."""
+    """Length of the shortest non-zero reciprocal vector of each 2D lattice (cells[:, 0], cells[:, 1]):
+    the reciprocal basis Lagrange–Gauss reduced (vectorised over cells), whose first vector is then the
+    shortest of the lattice, however skewed the cell."""
     m = cells[:, :2]  # (c, 2, 3)
     gram = np.einsum("cia,cja->cij", m, m)
     recip = 2 * math.pi * np.linalg.solve(gram, m)  # rows b_i with a_i·b_j = 2π δ_ij, in the plane
-    hk = np.array([(h, k) for h in range(-3, 4) for k in range(-3, 4) if (h, k) != (0, 0)], dtype=float)
-    return np.linalg.norm(np.einsum("hi,cia->cha", hk, recip), axis=2).min(axis=1)
+    u, w = recip[:, 0], recip[:, 1]
+    for _ in range(200):  # each round shortens w by at least a factor ~√3/2 unless reduced: converges fast
+        swap = (w * w).sum(1) < (u * u).sum(1)
+        u, w = np.where(swap[:, None], w, u), np.where(swap[:, None], u, w)
+        mu = np.rint((u * w).sum(1) / (u * u).sum(1))
+        if not mu.any():
+            break
+        w = w - mu[:, None] * u
+    return np.linalg.norm(u, axis=1)
 
 
 def slab_potential_field(
@@ -84,6 +94,13 @@ def slabs_potential_field(positions, charges, dipoles, quadrupoles, ptr, cells, 
     label = np.arange(counts.size) if config_index is None else np.asarray(config_index)
     if np.any(counts == 0):
         raise ValueError(f"config {int(label[np.flatnonzero(counts == 0)[0]])}: a slab without atoms")
+    raise_if_not_finite(ptr, label, positions=positions, charges=np.reshape(charges, (-1, 1)), dipoles=dipoles,
+                        quadrupoles=quadrupoles)  # before z and the centring spread one bad atom to its slab
+    bad_cell = ~np.isfinite(cells[:, :2]).all(axis=(1, 2))
+    if bad_cell.any():
+        c = int(np.flatnonzero(bad_cell)[0])
+        raise ValueError(f"config {int(label[c])}: the in-plane cell vectors are not finite, got "
+                         f"a={cells[c, 0].tolist()}, b={cells[c, 1].tolist()}")
     normal = np.cross(cells[:, 0], cells[:, 1])
     area = np.linalg.norm(normal, axis=1)
     if not np.all(area > 1e-9):

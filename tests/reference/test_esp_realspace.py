@@ -179,10 +179,46 @@ def test_translation_rotation_permutation_invariance(engine):
     np.testing.assert_allclose(v3, v[perm], rtol=1e-12, atol=1e-12)
 
 
+def test_compiled_radial_kernels_against_high_precision():
+    """g_0..g_3 of erf(βr)/r (series below x = β²r² = 0.25, closed form above) and of 1/r, as the compiled
+    kernels evaluate them, against the derivatives of erf(βr)/r in 40-digit arithmetic, r = 1e-6 … 10 Å,
+    both sides of the switch."""
+    mpmath = pytest.importorskip("mpmath")
+    from scfdata.reference.multipole_kernels_numba import radial_point_or_erf
+
+    mpmath.mp.dps = 40
+
+    def exact(r, beta, n):  # g_{n+1} = (1/r) d g_n / dr, i.e. g_n = 2^n d^n f / ds^n with s = r²
+        f = (lambda s: mpmath.erf(beta * mpmath.sqrt(s)) / mpmath.sqrt(s)) if beta else (lambda s: 1 / mpmath.sqrt(s))
+        return float(2**n * mpmath.diff(f, mpmath.mpf(r) ** 2, n))
+
+    for sigma in (0.05, 0.3, 1.0, 3.0):
+        beta = 1 / (math.sqrt(2) * sigma)
+        switch = 0.5 / beta
+        for r in (1e-6, 1e-3, 0.1 * switch, switch * (1 - 1e-9), switch * (1 + 1e-9), 1.3 * switch, 2 * switch,
+                  0.5, 2.0, 10.0):
+            got = radial_point_or_erf(r * r, beta)
+            for n in range(4):
+                want = exact(r, mpmath.mpf(beta), n)
+                assert abs(got[n] - want) <= 1e-11 * abs(want), (sigma, r, n, got[n], want)
+    for r in (1e-3, 0.7, 10.0):
+        got = radial_point_or_erf(r * r, None)
+        for n in range(4):
+            want = exact(r, None, n)
+            assert abs(got[n] - want) <= 1e-13 * abs(want), (r, n)
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.8])
 @pytest.mark.parametrize("engine", ENGINES)
-def test_coincident_atoms_raise(engine):
-    with pytest.raises(ValueError, match="same position"):
-        _esp(engine, np.zeros((2, 3)), np.ones(2))
+def test_coincident_atoms_raise(sigma, engine):
+    """Two atoms at one point, or 1e-9 Å apart (round-off, not data), are refused; 1e-4 Å apart is data."""
+    kw = {"smearing_width": sigma}
+    for gap in (0.0, 1e-9):
+        with pytest.raises(ValueError, match=r"atoms 0 and 1 of config 0 sit at the same position .*below 1e-06 Å"):
+            _esp(engine, np.array([[0, 0, 0], [gap, 0, 0], [1, 0, 0]]), np.ones(3), **kw)
+    v, _ = _esp(engine, np.array([[0, 0, 0], [1e-4, 0, 0]]), np.ones(2), **kw)
+    want = K_E * (1e4 if sigma == 0 else erf(1e-4 / (math.sqrt(2) * sigma)) / 1e-4)
+    np.testing.assert_allclose(v, want, rtol=1e-10)
 
 
 # ----------------------------------------------------------------------------- padded buckets, torch inputs
@@ -290,6 +326,33 @@ def test_bad_inputs_name_what_is_wrong(engine):
         _esp(engine, pos, q, p, None, [0, 3, 6])
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_bad_multipoles_of_a_lone_atom_and_raw_quadrupoles_are_refused(engine):
+    """An atom alone in its config has ESP 0 without the self term, so a NaN charge there never reached the
+    result; with the self term it gave NaN silently. A quadrupole must be symmetric and traceless (engines
+    read one triangle or all of it; a raw second moment would be misread)."""
+    pos, q, p, t, ptr = _molecule_batch([3, 1, 4])
+    t = np.zeros((len(q), 3, 3))
+    t[:, 0, 0], t[:, 1, 1] = 0.2, -0.2
+    for name, col in (("charges", None), ("dipoles", 1)):
+        bad_q, bad_p = q.copy(), p.copy()
+        if col is None:
+            bad_q[3] = np.nan
+        else:
+            bad_p[3, col] = np.inf
+        for kw in ({}, {"smearing_width": 0.7, "self_interaction": "include", "with_fields": True}):
+            with pytest.raises(ValueError, match=f"config 1: {name} of atom 0 are not finite"):
+                _esp(engine, pos, bad_q, bad_p, t, ptr, **kw)
+    raw = t.copy()
+    raw[5] += np.eye(3) * 0.1
+    with pytest.raises(ValueError, match="config 2: the quadrupole of atom 1 must be symmetric and traceless"):
+        _esp(engine, pos, q, p, raw, ptr)
+    raw = t.copy()
+    raw[5, 0, 2] += 0.1
+    with pytest.raises(ValueError, match=r"config 2: the quadrupole of atom 1 .* asymmetry 0\.1 e·Å²"):
+        _esp(engine, pos, q, p, raw, ptr)
+
+
 def test_close_pairs_fall_back_to_the_pair_list(monkeypatch):
     """A config with a pair much closer than its size is evaluated by the pair list: no loss of digits."""
     import scfdata.reference.realspace_torch as mod
@@ -363,8 +426,9 @@ def test_dipole_columns_read_mace_scf_multipoles_in_place(engine):
     np.testing.assert_allclose(e, want_e, rtol=1e-13, atol=1e-13)
     with pytest.raises(ValueError, match=r"`dipoles` must have shape \[22, >=5\]"):
         _esp(engine, pos, q, p, None, ptr, dipole_columns=(4, 1, 2))
-    with pytest.raises(ValueError, match="`dipole_columns` must be 3 non-negative column indices"):
-        _esp(engine, pos, q, p, None, ptr, dipole_columns=(0, 1))
+    for bad in ((0, 1), (0, 0, 0), (3, -1, 2)):
+        with pytest.raises(ValueError, match=r"`dipole_columns` must be 3 distinct non-negative column indices"):
+            _esp(engine, pos, q, p, None, ptr, dipole_columns=bad)
 
 
 def test_unknown_engine_is_refused():

@@ -153,3 +153,57 @@ def test_compute_esps_batches_small_cells_and_names_bad_configs():
         ewald_many(pos, q, p[:-1], None, ptr, cells)
     with pytest.raises(ValueError, match="`cells` must have one"):
         ewald_many(pos, q, p, None, ptr, cells[:-1])
+
+
+def _image_of_another(seed):
+    """A triclinic cell of 8 atoms in which atom 5 is put on a random periodic image of atom 2 (a lattice
+    combination that is not exact in floating point after the fractional round trip)."""
+    rng = np.random.default_rng(seed)
+    cell = np.diag(rng.uniform(5.0, 9.0, 3)) + rng.normal(size=(3, 3)) * 1.2
+    pos = rng.uniform(size=(8, 3)) @ cell + rng.normal(size=3) * 10
+    pos[5] = pos[2] + rng.integers(-3, 4, size=3) @ cell
+    return pos, cell
+
+
+def test_an_atom_on_an_image_of_another_is_an_error_in_every_periodic_engine(monkeypatch):
+    """Coincident up to round-off (~1e-15 Å) used to pass unnoticed (values of 1e16 V) unless exactly zero:
+    every engine (compiled Ewald, numpy Ewald, PME, the dispatcher to PME) refuses atoms closer than 1e-6 Å."""
+    from scfdata.reference import periodic
+    from scfdata.reference.pme import pme_potential_field
+
+    monkeypatch.setattr(periodic, "PME_MIN_ATOMS", 8)  # the dispatcher sends these cells to PME
+
+    for seed in range(20):
+        pos, cell = _image_of_another(seed)
+        q = np.random.default_rng(seed).normal(size=8)
+        with pytest.raises(ValueError, match=r"config 1: two atoms, or an atom and a periodic image .*1e-06 Å"):
+            ewald_many(np.concatenate([pos, pos]), np.concatenate([q, q]), None, None, [0, 8, 16],
+                       np.stack([cell + np.eye(3) * 0.5, cell]))  # config 0: the atoms apart, no image overlap
+        for engine in (ewald_potential_field, pme_potential_field):
+            with pytest.raises(ValueError, match=r"sit at the same position \(closer than 1e-06 Å\)"):
+                engine(pos, q, None, None, cell)
+        with pytest.raises(ValueError, match=r"config 4: atoms \d and \d \(or an image of it\) sit at the same"):
+            periodic.periodic_potential_field(pos, q, None, None, [0, 8], cell[None], config_index=[4])
+
+
+def test_cells_and_quadrupoles_are_checked():
+    """A non-finite cell is named as such (it used to read as coincident atoms); a quadrupole that is not
+    symmetric and traceless (a raw second moment) is refused, naming its config and atom."""
+    from scfdata.reference.periodic import periodic_potential_field
+
+    systems = _random_cells(4, n_cells=3)
+    pos, q, p, t, ptr, cells = _batch(systems)
+    nan_cell = cells.copy()
+    nan_cell[2, 1, 1] = np.nan
+    for engine in (ewald_many, periodic_potential_field):
+        with pytest.raises(ValueError, match="config 2: periodic evaluation needs a cell of finite vectors"):
+            engine(pos, q, p, t, ptr, nan_cell)
+        raw = t.copy()
+        k = ptr[1] + 1
+        raw[k] += np.eye(3) * 0.3  # a trace
+        with pytest.raises(ValueError, match="config 1: the quadrupole of atom 1 must be symmetric and traceless"):
+            engine(pos, q, p, raw, ptr, cells)
+        raw = t.copy()
+        raw[k, 0, 1] += 0.2  # asymmetric
+        with pytest.raises(ValueError, match="config 1: the quadrupole of atom 1 must be symmetric and traceless"):
+            engine(pos, q, p, raw, ptr, cells)

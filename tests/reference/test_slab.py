@@ -173,3 +173,46 @@ def test_many_slabs_in_one_call_equal_one_by_one(sigma, monkeypatch):
         bad = cells.copy()
         bad[1, 1] = bad[1, 0]
         slabs_potential_field(*cat, ptr, bad, config_index=[3, 7, 9])
+
+
+def test_unreduced_in_plane_cell_gets_enough_vacuum():
+    """a = (10, 0, 0), b = (40, 3, 0) is the 10 x 3 Å lattice: the automatic vacuum must follow the shortest
+    reciprocal vector of the lattice (2π/10 Å⁻¹), not of the cell vectors as given (it was 2.09 Å⁻¹ from a
+    small search, and the ESP off by 2e-2 V at tolerance 1e-6)."""
+    rng = np.random.default_rng(8)
+    reduced = np.array([[10.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 30.0]])
+    skewed = reduced.copy()
+    skewed[1] += 4 * reduced[0]
+    n = 6
+    pos = np.concatenate([rng.uniform(size=(n, 2)) @ reduced[:2, :2], rng.uniform(8.0, 10.5, (n, 1))], axis=1)
+    q = rng.normal(size=n)
+    q -= q.mean()
+    p = rng.normal(size=(n, 3)) * 0.3
+    want = _parry_2d_ewald(pos, q, reduced)
+    got, _ = slab_potential_field(pos, q, None, None, skewed, tolerance=1e-6)
+    np.testing.assert_allclose(got, want, atol=2e-6)
+    ref, _ = slab_potential_field(pos, q, p, None, reduced, tolerance=1e-9)
+    got, _ = slab_potential_field(pos, q, p, None, skewed, tolerance=1e-6)
+    np.testing.assert_allclose(got, ref, atol=2e-6)
+
+
+def test_non_finite_input_names_its_atom():
+    """One bad coordinate must not be blamed on atom 0 of its slab (the centring used to spread it)."""
+    from scfdata.reference.slab import slabs_potential_field
+
+    (p0, q0, d0, _), (p1, q1, d1, _) = _slab(4), _slab(5)
+    pos, q, p = np.concatenate([p0, p1]), np.concatenate([q0, q1]), np.concatenate([d0, d1])
+    cells = np.stack([CELL, CELL])
+    for name, arr, col in (("positions", pos, 2), ("dipoles", p, 0), ("charges", q, None)):
+        bad = arr.copy()
+        if col is None:
+            bad[4 + 2] = np.inf
+        else:
+            bad[4 + 2, col] = np.nan
+        args = {"positions": pos, "charges": q, "dipoles": p} | {name: bad}
+        with pytest.raises(ValueError, match=f"config 1: {name} of atom 2 are not finite"):
+            slabs_potential_field(args["positions"], args["charges"], args["dipoles"], None, [0, 4, 9], cells)
+    nan_cell = cells.copy()
+    nan_cell[1, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="config 1: the in-plane cell vectors are not finite"):
+        slabs_potential_field(pos, q, p, None, [0, 4, 9], nan_cell)

@@ -45,7 +45,7 @@ def _in_plane_kmin(cells):
     gram = np.einsum("cia,cja->cij", m, m)
     recip = 2 * math.pi * np.linalg.solve(gram, m)  # rows b_i with a_i·b_j = 2π δ_ij, in the plane
     u, w = recip[:, 0], recip[:, 1]
-    for _ in range(200):  # each round shortens w by at least a factor ~√3/2 unless reduced: converges fast
+    for _ in range(200):  # Lagrange–Gauss: O(log(|b|/|a|)) rounds, a handful for any real cell
         swap = (w * w).sum(1) < (u * u).sum(1)
         u, w = np.where(swap[:, None], w, u), np.where(swap[:, None], u, w)
         mu = np.rint((u * w).sum(1) / (u * u).sum(1))

@@ -7,6 +7,8 @@ writes), at water density, tolerance 1e-6 V.
 Cells of 9, 24, 96 and 300 atoms (``water_box`` of bench_esp_periodic.py, each cell its own random
 configuration), point charges and charges + dipoles. Reported: best wall time of each, the ratio
 loop / batch, and the largest difference between the two (both are within the tolerance of the exact sum).
+Then slabs (the same boxes of 24 atoms, periodic in x and y only): compute_esps against a per-slab loop over
+``slab_potential_field`` (one call per slab, each through the compiled Ewald of its auxiliary box).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from bench_esp_periodic import water_box
 from scfdata.reference.esp import compute_esps
 from scfdata.reference.ewald import ewald_potential_field
 from scfdata.reference.multipoles import charges_dipoles_to_multipoles
+from scfdata.reference.slab import slab_potential_field
 
 
 def per_cell_loop(pos, q, p, ptr, cells):
@@ -28,8 +31,14 @@ def per_cell_loop(pos, q, p, ptr, cells):
                            for c, (a, b) in enumerate(zip(ptr[:-1], ptr[1:]))])
 
 
-def compare(n_atoms, n_cells, dipoles, repeats):
-    """(batch time, loop time, max difference) for n_cells water boxes of n_atoms."""
+def per_slab_loop(pos, q, p, ptr, cells):
+    """The per-slab alternative: one slab_potential_field call per slab."""
+    return np.concatenate([slab_potential_field(pos[a:b], q[a:b], None if p is None else p[a:b], None, cells[c])[0]
+                           for c, (a, b) in enumerate(zip(ptr[:-1], ptr[1:]))])
+
+
+def compare(n_atoms, n_cells, dipoles, repeats, slabs=False):
+    """(batch time, loop time, max difference) for n_cells water boxes of n_atoms (3D cells, or slabs)."""
     boxes = [water_box(n_atoms, seed=s) for s in range(n_cells)]
     pos = np.concatenate([b[0] for b in boxes])
     q = np.concatenate([b[1] for b in boxes])
@@ -37,9 +46,10 @@ def compare(n_atoms, n_cells, dipoles, repeats):
     cells = np.stack([b[3] for b in boxes])
     ptr = np.arange(n_cells + 1) * n_atoms
     mp = charges_dipoles_to_multipoles(q, p) if dipoles else q[:, None]
-    pbc = np.ones((n_cells, 3), bool)
+    pbc = np.tile([True, True, not slabs], (n_cells, 1))
     t_batch, (v, _) = best_of(lambda: compute_esps(pos, mp, ptr, cells, pbc, max_l=int(dipoles)), repeats)
-    t_loop, v_loop = best_of(lambda: per_cell_loop(pos, q, p, ptr, cells), 1)
+    loop = per_slab_loop if slabs else per_cell_loop
+    t_loop, v_loop = best_of(lambda: loop(pos, q, p, ptr, cells), 1)
     return t_batch, t_loop, float(np.abs(v - v_loop).max())
 
 
@@ -59,6 +69,12 @@ def main():
             label = "q + p" if dipoles else "q"
             print(f"{n_atoms:>10} {n_cells:>6} {label:>10} {t_batch:8.3f}s {t_loop:8.3f}s {t_loop / t_batch:9.1f}x "
                   f"{diff:9.1e} V")
+    n_slabs = args.cells // 5
+    for dipoles in (False, True):
+        t_batch, t_loop, diff = compare(24, n_slabs, dipoles, args.repeats, slabs=True)
+        label = "slab q + p" if dipoles else "slab q"
+        print(f"{24:>10} {n_slabs:>6} {label:>10} {t_batch:8.3f}s {t_loop:8.3f}s {t_loop / t_batch:9.1f}x "
+              f"{diff:9.1e} V")
 
 
 if __name__ == "__main__":

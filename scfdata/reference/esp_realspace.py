@@ -50,7 +50,8 @@ def _raise_non_finite(pos, q, p, t, ptr, atom, config_index=None):
     i, j = min(i, j), max(i, j)
     raise ValueError(
         f"atoms {i} and {j} of config {label} sit at the same position (distance "
-        f"{d[i, 1]:.3g} Å, below {MIN_SEPARATION:g} Å); the ESP is undefined"
+        f"{d[i, 1]:.3g} Å, below {MIN_SEPARATION:g} Å); the ESP is undefined: remove the duplicate atom or "
+        "drop the config"
     )
 
 

@@ -235,7 +235,8 @@ def ewald_sum(positions, charges, dipoles, quadrupoles, cell, *, choose, recipro
             if np.any(r < MIN_SEPARATION):
                 k = int(np.flatnonzero(r < MIN_SEPARATION)[0])
                 raise ValueError(f"atoms {int(recv[k])} and {int(src[k])} (or an image of it) sit at the same position "
-                                 f"(closer than {MIN_SEPARATION:g} Å); the ESP is undefined")
+                                 f"(closer than {MIN_SEPARATION:g} Å); the ESP is undefined: remove the duplicate "
+                                 "atom or drop the config")
             g = g_erfc(r, gamma, nmax)
             if beta < math.inf:
                 gb = g_erfc(r, beta, nmax)

@@ -214,7 +214,7 @@ def ewald_many(positions, charges, dipoles, quadrupoles, ptr, cells, *, smearing
         c = int(cfg[np.flatnonzero(~np.isfinite(v))[0]])
         raise ValueError(
             f"config {int(label[c])}: two atoms, or an atom and a periodic image of another, sit at the same position "
-            f"(closer than {MIN_SEPARATION:g} Å); the ESP is undefined"
+            f"(closer than {MIN_SEPARATION:g} Å); the ESP is undefined: remove the duplicate atom or drop the config"
         )
     # the self pair's long-range part, and the neutralising background (β = ∞: no 1/β² term)
     g_atom = gamma[cfg]

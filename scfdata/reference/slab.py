@@ -111,6 +111,10 @@ def slabs_potential_field(positions, charges, dipoles, quadrupoles, ptr, cells, 
     pos = np.asarray(positions, dtype=float)
     q = np.asarray(charges, dtype=float).reshape(-1)
     cfg = np.repeat(np.arange(counts.size), counts)
+
+    def per_slab(x):
+        return np.bincount(cfg, weights=x, minlength=counts.size)
+
     z = np.einsum("na,na->n", pos, normal[cfg])
     z_max, z_min = np.maximum.reduceat(z, ptr[:-1]), np.minimum.reduceat(z, ptr[:-1])
     zc, thickness = 0.5 * (z_max + z_min), z_max - z_min
@@ -120,7 +124,7 @@ def slabs_potential_field(positions, charges, dipoles, quadrupoles, ptr, cells, 
         for x in (dipoles, quadrupoles):
             if x is not None:
                 w2 = w2 + (np.asarray(x).reshape(pos.shape[0], -1) ** 2).sum(axis=1)
-        w = np.sqrt(np.bincount(cfg, weights=w2, minlength=counts.size))
+        w = np.sqrt(per_slab(w2))
         decay = np.log(np.maximum(K_E * np.maximum(w, 1e-3) / tolerance, math.e)) / _in_plane_kmin(cells)
         gap = np.maximum(thickness, decay) + 2.0 + 8.0 * sigma
     else:
@@ -134,9 +138,6 @@ def slabs_potential_field(positions, charges, dipoles, quadrupoles, ptr, cells, 
     vol = area * length
     pz = np.zeros_like(q) if dipoles is None else np.einsum("na,na->n", dipoles, normal[cfg])
     tzz = np.zeros_like(q) if quadrupoles is None else np.einsum("na,nab,nb->n", normal[cfg], quadrupoles, normal[cfg])
-
-    def per_slab(x):
-        return np.bincount(cfg, weights=x, minlength=counts.size)
 
     total, m_z = per_slab(q), per_slab(q * zr + pz)
     s2 = per_slab(q * (zr**2 + sigma**2) + 2 * pz * zr + (2.0 / 3.0) * tzz)

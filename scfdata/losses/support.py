@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .options import check_convention
 from .registry import LOSSES
 from .weighted import parse_loss_dict
 
@@ -82,36 +83,43 @@ def _summary(path_or_dataset) -> DataSummary:
 
 
 def supported_losses(path_or_dataset) -> dict[str, dict]:
-    """Per loss in ``LOSSES``: ``{"supported": bool, "n_configs": int, "reason": str}``.
+    """Per loss in ``LOSSES``: ``{"supported": bool, "n_configs": int, "reason": str, "note": str}``.
 
     ``reason`` is empty when supported; otherwise it names the missing field (absent from the data,
-    or masked in every config) or says that no config has two molecules.
+    or masked in every config) or says that no config has two molecules. ``note`` says what a
+    model-internal term reads instead of reference data (empty for the data losses).
     """
     data = _summary(path_or_dataset)
     present = set(data.field_names())
     out: dict[str, dict] = {}
     for name, spec in LOSSES.items():
-        missing = [f for f in spec.fields if f not in present]
-        if missing:
-            out[name] = {"supported": False, "n_configs": 0,
-                         "reason": f"field {missing[0]!r} absent from the data"
-                         + (f" (also {', '.join(map(repr, missing[1:]))})" if missing[1:] else "")}
-            continue
-        n = data.coverage(spec.target)
-        if n == 0:
-            out[name] = {"supported": False, "n_configs": 0,
-                         "reason": f"field {spec.target!r} masked (absent) in every config"}
-            continue
-        if spec.min_molecules:
-            n_multi = data.n_configs_with_min_molecules(spec.min_molecules)
-            if n_multi == 0:
-                out[name] = {"supported": False, "n_configs": 0,
-                             "reason": f"no config has {spec.min_molecules} or more molecules "
-                                       "(at most one molecule per config)"}
-                continue
-            n = min(n, n_multi)
-        out[name] = {"supported": True, "n_configs": int(n), "reason": ""}
+        out[name] = _support(spec, data, present)
     return out
+
+
+def _support(spec, data: DataSummary, present: set) -> dict:
+    if spec.kind == "model":
+        return {"supported": True, "n_configs": int(data.n_configs), "reason": "",
+                "note": "model-internal: needs no reference data; computed from the model outputs "
+                        + ", ".join(spec.outputs)}
+    missing = [f for f in spec.fields if f not in present]
+    if missing:
+        also = f" (also {', '.join(map(repr, missing[1:]))})" if missing[1:] else ""
+        return _unsupported(f"field {missing[0]!r} absent from the data{also}")
+    n = data.coverage(spec.target)
+    if n == 0:
+        return _unsupported(f"field {spec.target!r} masked (absent) in every config")
+    if spec.min_molecules:
+        n_multi = data.n_configs_with_min_molecules(spec.min_molecules)
+        if n_multi == 0:
+            return _unsupported(f"no config has {spec.min_molecules} or more molecules "
+                                "(at most one molecule per config)")
+        n = min(n, n_multi)
+    return {"supported": True, "n_configs": int(n), "reason": "", "note": ""}
+
+
+def _unsupported(reason: str) -> dict:
+    return {"supported": False, "n_configs": 0, "reason": reason, "note": ""}
 
 
 def _misspelt(expected: str, keys) -> str:
@@ -142,17 +150,27 @@ def _stages(train_config) -> tuple[list[tuple[str, Mapping]], list[str]]:
     return stages, []
 
 
-def check_schedule(train_config, path_or_dataset) -> list[str]:
+def check_schedule(train_config, path_or_dataset, convention: str = "scfdata") -> list[str]:
     """Every problem of every ``train_schedule`` stage against the data; an empty list means OK.
 
     Each message names the stage; an unsupported loss names the missing field. Losses with weight 0
     are not checked against the data (they are never computed). A training config path that is not
-    valid YAML raises ValueError naming the file, line and column.
+    valid YAML raises ValueError naming the file, line and column. ``convention`` is the default
+    arithmetic of the terms (``scfdata`` or ``mace_scf``), checked like ``WeightedLoss`` checks it.
     """
+    return check_schedule_report(train_config, path_or_dataset, convention)[0]
+
+
+def check_schedule_report(train_config, path_or_dataset,
+                          convention: str = "scfdata") -> tuple[list[str], list[str]]:
+    """(problems, notes): ``check_schedule``'s problems, and one note per loss of every stage saying
+    what it will compute from (configs and fields of the data, or model outputs only) and how."""
+    check_convention(convention)
     stages, problems = _stages(train_config)
     if problems:
-        return problems
+        return problems, []
     support = supported_losses(path_or_dataset)
+    notes: list[str] = []
     for stage_name, stage in stages:
         where = f"stage {stage_name!r}"
         if not isinstance(stage, Mapping):
@@ -163,8 +181,16 @@ def check_schedule(train_config, path_or_dataset) -> list[str]:
             continue
         parsed, bad = parse_loss_dict(stage["loss"])
         problems += [f"{where}: {msg}" for msg in bad]
-        for name, (weight, _) in parsed.items():
-            s = support[name]
-            if weight != 0 and not s["supported"]:
+        for name, (weight, options) in parsed.items():
+            s, spec = support[name], LOSSES[name]
+            how = f"weight {weight:g}, {options.get('convention', convention)} arithmetic"
+            if weight == 0:
+                notes.append(f"{where}: {name}: weight 0, not computed")
+            elif not s["supported"]:
                 problems.append(f"{where}: loss {name!r} is not supported by the data: {s['reason']}")
-    return problems
+            elif spec.kind == "model":
+                notes.append(f"{where}: {name} ({how}): {s['note']}")
+            else:
+                notes.append(f"{where}: {name} ({how}): {s['n_configs']} configs with data "
+                             f"{', '.join(spec.fields)}; model outputs {', '.join(spec.outputs)}")
+    return problems, notes

@@ -1,8 +1,9 @@
 """``WeightedLoss``: the loss of one training stage, Σ_t λ_t · L_t over the stage's loss dict.
 
 A stage loss dict maps loss names (``LOSSES``) to a weight λ (int or float, ≥ 0, finite) or to
-``{weight: λ, <option>: value, ...}`` with the options the loss declares. A term with λ = 0 is not
-computed. Every call logs one DEBUG line on the ``scfdata.losses`` logger::
+``{weight: λ, <option>: value, ...}`` with the options the loss declares, plus ``convention``
+(``scfdata`` or ``mace_scf``, overriding the ``convention`` given to ``WeightedLoss`` for that term).
+A term with λ = 0 is not computed. Every call logs one DEBUG line on the ``scfdata.losses`` logger::
 
     loss breakdown: energy_per_atom: 1.23e-05, forces: 4.5e-06,
 
@@ -13,36 +14,27 @@ Not supported: per-term schedules inside a stage (use separate stages), loss nam
 
 from __future__ import annotations
 
-import difflib
 import logging
-import math
 from collections.abc import Mapping
-from numbers import Real
 
 import torch
 
 from .batch import BatchContext
+from .options import check_convention, check_options, check_weight, did_you_mean
 from .registry import LOSSES
-from .terms import ENTRIES, masked_mean, masked_sums
+from .terms import ENTRIES, SCALARS, masked_mean, masked_sums
 
 logger = logging.getLogger("scfdata.losses")
 
-
-def did_you_mean(name: str, choices) -> str:
-    close = difflib.get_close_matches(str(name), list(choices), n=3, cutoff=0.6)
-    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-
-
-def _check_weight(name: str, w) -> str | None:
-    if isinstance(w, bool) or not isinstance(w, Real):
-        return f"loss {name!r}: weight must be a number ≥ 0, got {w!r} ({type(w).__name__})"
-    if not math.isfinite(float(w)) or w < 0:
-        return f"loss {name!r}: weight must be a finite number ≥ 0, got {w!r}"
-    return None
+__all__ = ["WeightedLoss", "parse_loss_dict", "did_you_mean"]
 
 
 def parse_loss_dict(loss_dict) -> tuple[dict[str, tuple[float, dict]], list[str]]:
-    """``{name: (weight, options)}`` for every valid entry, and one message per problem found."""
+    """``{name: (weight, options)}`` for every valid entry, and one message per problem found.
+
+    The one validation of a stage loss dict: ``WeightedLoss`` and ``scfdata check`` both call it, so an
+    option that training would refuse (``max_l: abc``, ``max_l: -1``) fails the check too.
+    """
     problems: list[str] = []
     parsed: dict[str, tuple[float, dict]] = {}
     if not isinstance(loss_dict, Mapping):
@@ -59,14 +51,7 @@ def parse_loss_dict(loss_dict) -> tuple[dict[str, tuple[float, dict]], list[str]
                 continue
             options = {k: v for k, v in value.items() if k != "weight"}
             value = value["weight"]
-            allowed = LOSSES[name].options
-            bad = [k for k in options if k not in allowed]
-            if bad:
-                known = ", ".join(allowed) if allowed else "none"
-                problems.append(f"loss {name!r}: unknown option(s) {', '.join(map(repr, bad))}"
-                                f"{did_you_mean(bad[0], allowed)} (options of {name}: {known})")
-                continue
-        msg = _check_weight(name, value)
+        msg = check_weight(name, value) or check_options(name, options, LOSSES[name].options)
         if msg:
             problems.append(msg)
             continue
@@ -77,29 +62,43 @@ def parse_loss_dict(loss_dict) -> tuple[dict[str, tuple[float, dict]], list[str]
 class WeightedLoss:
     """The weighted sum of a stage's losses; ``loss_fn(ref, pred) -> scalar tensor``.
 
+    ``convention`` (``"scfdata"``, default, or ``"mace_scf"``) selects the arithmetic of every term
+    (``scfdata.losses.terms``); a term's own ``convention`` option overrides it.
+
     >>> loss_fn = WeightedLoss({"energy_per_atom": 1.0, "forces": 10, "esps": {"weight": 0.1}})
     >>> loss = loss_fn(batch, model_outputs); loss.backward(); loss_fn.last_breakdown
     {'energy_per_atom': 0.0012, 'forces': 0.031, 'esps': 0.0004}
     """
 
-    def __init__(self, stage_loss_dict: Mapping):
+    def __init__(self, stage_loss_dict: Mapping, convention: str = "scfdata"):
+        check_convention(convention)
         parsed, problems = parse_loss_dict(stage_loss_dict)
         if problems:
             raise ValueError("invalid stage loss dict: " + "; ".join(problems))
+        self.convention = convention
         self.weights: dict[str, float] = {n: w for n, (w, _) in parsed.items()}
-        self.options: dict[str, dict] = {n: o for n, (_, o) in parsed.items()}
+        self.conventions: dict[str, str] = {n: o.get("convention", convention) for n, (_, o) in parsed.items()}
+        self.options: dict[str, dict] = {n: {k: v for k, v in o.items() if k != "convention"}
+                                         for n, (_, o) in parsed.items()}
         self.active = [n for n, w in self.weights.items() if w != 0.0]
         self.last_breakdown: dict[str, float] = {}
 
     def __repr__(self) -> str:
-        return f"WeightedLoss({self.weights})"
+        return f"WeightedLoss({self.weights}, convention={self.convention!r})"
+
+    def _term(self, ctx: BatchContext, name: str):
+        """A model-internal term's scalar value, or a data term's Entries."""
+        if name in SCALARS:
+            return SCALARS[name](ctx, **self.options[name])
+        return ENTRIES[name](ctx, self.conventions[name], **self.options[name])
 
     def terms(self, ref, pred) -> dict[str, torch.Tensor]:
         """Each active term, unweighted, as a tensor (for evaluation tables)."""
         ctx = BatchContext(ref, pred)
         out = {}
         for name in self.active:
-            out[name] = masked_mean(*ENTRIES[name](ctx, **self.options[name]))
+            value = self._term(ctx, name)
+            out[name] = value if name in SCALARS else masked_mean(value)
         return out
 
     def __call__(self, ref, pred) -> torch.Tensor:
@@ -119,18 +118,28 @@ class WeightedLoss:
 
         The per-config entries of all terms are put side by side in one (B, K) matrix, so their squared
         sums and counts are one reduction instead of several per term; atom and molecule terms are
-        reduced one by one (``masked_sums``); one index_add then sums each term's columns. Same formula
-        as ``masked_mean``.
+        reduced one by one (``masked_sums``); one index_add then sums each term's columns. A term with a
+        fixed denominator (mace_scf's plain means, model-internal scalars) has its count replaced by it.
+        Same formula as ``masked_mean``.
         """
         B = ctx.n_configs
         config_items: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         nums, counts, col_term = [], [], []
+        fixed: dict[int, float] = {}
         for t, name in enumerate(self.active):
-            target, pred, w = ENTRIES[name](ctx, **self.options[name])
-            if target.shape[0] == B:
-                config_items.append((t, target, pred, w.expand_as(target)))
+            term = self._term(ctx, name)
+            if name in SCALARS:
+                nums.append(term.reshape(1).to(ctx.dtype))
+                counts.append(torch.ones(1, device=ctx.device))
+                col_term.append(t)
+                fixed[t] = 1.0
+                continue
+            if term.denominator is not None:
+                fixed[t] = float(max(term.denominator, 1))
+            if term.target.shape[0] == B:
+                config_items.append((t, term.target, term.pred, term.w.expand_as(term.target)))
             else:  # atoms or molecules: large, one weight per row; reduced on its own
-                num, count = masked_sums(target, pred, w)
+                num, count = masked_sums(term.target, term.pred, term.w)
                 nums.append(num.reshape(1))
                 counts.append(count.reshape(1))
                 col_term.append(t)
@@ -149,6 +158,9 @@ class WeightedLoss:
         num = torch.zeros(T, dtype=ctx.dtype, device=ctx.device).index_add(0, idx, torch.cat(nums))
         cnt = torch.zeros(T, dtype=ctx.dtype, device=ctx.device).index_add(
             0, idx, torch.cat(counts).to(ctx.dtype))
+        if fixed:
+            cnt = cnt.index_copy(0, torch.tensor(list(fixed), device=ctx.device),
+                                 torch.tensor(list(fixed.values()), dtype=ctx.dtype, device=ctx.device))
         lam = torch.tensor([self.weights[n] for n in self.active], dtype=ctx.dtype, device=ctx.device)
         return num * (lam / cnt.clamp(min=1))
 

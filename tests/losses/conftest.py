@@ -20,6 +20,13 @@ MOL_FIELDS = {"molecular_forces": (3,)}
 TARGETS = [*CONFIG_FIELDS, *ATOM_FIELDS, *MOL_FIELDS]
 
 
+def data_losses() -> list[str]:
+    """The losses that compare with reference data (not MACE_SCF's model-internal terms)."""
+    from scfdata.losses import LOSSES
+
+    return [n for n, s in LOSSES.items() if s.kind == "data"]
+
+
 def make_numpy_batch(seed: int, n_configs: int = 7, k_pred: int = 4, p_absent: float = 0.3):
     """(ref, pred) as dicts of numpy arrays; absent targets are NaN (never a zero target)."""
     rng = np.random.default_rng(seed)

@@ -23,12 +23,18 @@ def test_everything_present_is_supported():
     s = supported_losses(full())
     assert list(s) == list(LOSSES)
     for name, e in s.items():
-        assert e == {"supported": True, "n_configs": 50, "reason": ""}, name
+        if LOSSES[name].kind == "model":  # MACE_SCF's model-internal terms: no reference data
+            assert e["supported"] and e["n_configs"] == 50 and e["reason"] == "", name
+            assert e["note"].startswith("model-internal: needs no reference data; computed from the model "
+                                        "outputs "), name
+        else:
+            assert e == {"supported": True, "n_configs": 50, "reason": "", "note": ""}, name
 
 
 def test_absent_field_unsupported_with_reason():
     s = supported_losses(full(esps=None, fermi_level=None, molecule_centre=None))
-    assert s["esps"] == {"supported": False, "n_configs": 0, "reason": "field 'esps' absent from the data"}
+    assert s["esps"] == {"supported": False, "n_configs": 0, "reason": "field 'esps' absent from the data",
+                         "note": ""}
     assert not s["fermi_level"]["supported"] and not s["fermi_level_per_atom"]["supported"]
     assert "'molecule_centre' absent" in s["cluster_virial"]["reason"]
     assert s["molecular_forces"]["supported"]  # does not need the centres
@@ -37,7 +43,7 @@ def test_absent_field_unsupported_with_reason():
 def test_masked_everywhere_and_partial_coverage():
     s = supported_losses(full(dipole=0, polarizability=7))
     assert s["dipole"]["supported"] is False and "masked" in s["dipole"]["reason"]
-    assert s["polarizability"] == {"supported": True, "n_configs": 7, "reason": ""}
+    assert s["polarizability"] == {"supported": True, "n_configs": 7, "reason": "", "note": ""}
 
 
 def test_one_molecule_per_config():
@@ -110,11 +116,11 @@ def test_real_file(tmp_path):
     )
     path = h5io.write_columns(tmp_path / "train.h5", cols)
     s = supported_losses(path)
-    assert s["energy_per_atom"] == {"supported": True, "n_configs": 2, "reason": ""}
+    assert s["energy_per_atom"] == {"supported": True, "n_configs": 2, "reason": "", "note": ""}
     assert s["forces"]["n_configs"] == 3
     assert s["dipole"]["supported"] is False and "masked" in s["dipole"]["reason"]
     assert s["esps"]["reason"] == "field 'esps' absent from the data"
-    assert s["molecular_forces"] == {"supported": True, "n_configs": 1, "reason": ""}
+    assert s["molecular_forces"] == {"supported": True, "n_configs": 1, "reason": "", "note": ""}
     cfg = {"train_schedule": [{"name": "s1", "loss": {"forces": 1, "esps": 1, "dipole": 1}}]}
     problems = check_schedule(cfg, str(path))
     assert len(problems) == 2

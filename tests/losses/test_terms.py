@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_numpy_batch, select_configs, to_torch
+from conftest import data_losses, make_numpy_batch, select_configs, to_torch
 
 from scfdata.losses import LOSSES
 from scfdata.losses import terms as T
@@ -74,7 +74,7 @@ def numpy_loss(name: str, ref: dict, pred: dict) -> float:
     return num / count if count else 0.0
 
 
-@pytest.mark.parametrize("name", list(LOSSES))
+@pytest.mark.parametrize("name", data_losses())
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_matches_numpy(name, seed):
     ref, pred = make_numpy_batch(seed)
@@ -85,7 +85,7 @@ def test_matches_numpy(name, seed):
     assert got.item() == pytest.approx(expected, rel=1e-10, abs=1e-14)
 
 
-@pytest.mark.parametrize("name", list(LOSSES))
+@pytest.mark.parametrize("name", data_losses())
 def test_float32(name):
     ref, pred = make_numpy_batch(5)
     got = LOSSES[name].fn(to_torch(ref, torch.float32), to_torch(pred, torch.float32))
@@ -93,7 +93,7 @@ def test_float32(name):
     assert got.item() == pytest.approx(numpy_loss(name, ref, pred), rel=1e-4)
 
 
-@pytest.mark.parametrize("name", list(LOSSES))
+@pytest.mark.parametrize("name", data_losses())
 def test_batch_order_invariance(name):
     ref, pred = make_numpy_batch(3, n_configs=9)
     perm = np.random.default_rng(0).permutation(9)
@@ -104,7 +104,7 @@ def test_batch_order_invariance(name):
     assert b == pytest.approx(a, rel=1e-12)
 
 
-@pytest.mark.parametrize("name", list(LOSSES))
+@pytest.mark.parametrize("name", data_losses())
 def test_zero_weight_config_contributes_nothing(name):
     """Zero config weight == config removed from the batch (sum and count), whatever its targets."""
     ref, pred = make_numpy_batch(4, n_configs=8, p_absent=0.0)
@@ -123,7 +123,7 @@ def test_zero_weight_config_contributes_nothing(name):
     assert a == pytest.approx(b, rel=1e-12)
 
 
-@pytest.mark.parametrize("name", list(LOSSES))
+@pytest.mark.parametrize("name", data_losses())
 def test_all_absent_is_zero_with_finite_grad(name):
     ref, pred = make_numpy_batch(6)
     for k in list(ref):
@@ -186,11 +186,11 @@ def test_gradient_of_forces_matches_formula():
 
 
 def test_mace_scf_names_and_masks_from_weights():
-    """cluster_batch / electrostatic_potentials / density_coefficients; no _mask -> weight != 0."""
+    """electrostatic_potentials / density_coefficients; no _mask -> weight != 0 (cluster_batch, local
+    per config, is in test_mace_scf.py)."""
     ref, pred = make_numpy_batch(9)
-    expected = {n: numpy_loss(n, ref, pred) for n in ("esps", "atomic_multipoles", "molecular_forces")}
+    expected = {n: numpy_loss(n, ref, pred) for n in ("esps", "atomic_multipoles")}
     mace = dict(ref)
-    mace["cluster_batch"] = mace.pop("molecule")
     mace["electrostatic_potentials"] = mace.pop("esps")
     mace["density_coefficients"] = mace.pop("atomic_multipoles")
     for old, new in (("esps", "electrostatic_potentials"), ("atomic_multipoles", "density_coefficients")):
@@ -244,8 +244,8 @@ def test_cuda():
     ref, pred = make_numpy_batch(14)
     r = {k: v.cuda() for k, v in to_torch(ref).items()}
     p = {k: v.cuda() for k, v in to_torch(pred).items()}
-    for name, spec in LOSSES.items():
-        assert spec.fn(r, p).item() == pytest.approx(numpy_loss(name, ref, pred), rel=1e-10)
+    for name in data_losses():
+        assert LOSSES[name].fn(r, p).item() == pytest.approx(numpy_loss(name, ref, pred), rel=1e-10)
 
 
 def test_batch_read_from_an_scfdata_file(tmp_path):

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import make_numpy_batch, to_torch
+from conftest import data_losses, make_numpy_batch, to_torch
 
 from scfdata.losses import LOSSES, WeightedLoss
 from scfdata.plot_losses import parse_breakdown
@@ -15,7 +15,7 @@ from scfdata.plot_losses import parse_breakdown
 
 def test_sum_of_weighted_terms_and_breakdown():
     ref, pred = make_numpy_batch(0)
-    weights = {name: 0.5 + i for i, name in enumerate(LOSSES)}
+    weights = {name: 0.5 + i for i, name in enumerate(data_losses())}
     loss_fn = WeightedLoss(weights)
     r, p = to_torch(ref), to_torch(pred, requires_grad=True)
     total = loss_fn(r, p)

@@ -141,7 +141,7 @@ def _stages(train_config) -> tuple[list[tuple[str, Mapping]], list[str]]:
         return [], ["the training config has no 'train_schedule' (MACE_SCF format: a list of stages "
                     "with name/start/end/loss/lr)" + _misspelt("train_schedule", train_config)]
     if isinstance(schedule, Mapping):
-        stages = [(str(k), v) for k, v in schedule.items()]
+        stages = [(str(v.get("name", k)) if isinstance(v, Mapping) else str(k), v) for k, v in schedule.items()]
     elif isinstance(schedule, list):
         stages = [(str(s.get("name", f"#{i}")) if isinstance(s, Mapping) else f"#{i}", s)
                   for i, s in enumerate(schedule)]

@@ -191,14 +191,17 @@ def _entries_fermi_level_per_atom(ctx: BatchContext, convention: str) -> Entries
 
 
 def _entries_esps(ctx: BatchContext, convention: str) -> Entries:
-    """Target: ref ``esps``; a batch without it (MACE_SCF's) uses the model's ``esps_dft`` output,
-    the ESP of the DFT multipoles that a MACE_SCF model computes, as MACE_SCF does."""
+    """Target: scfdata, ref ``esps`` (the precomputed /atoms/esps); mace_scf, the model's ``esps_dft``
+    output (the ESP of the DFT multipoles a MACE_SCF model computes; a MACE_SCF batch's
+    ``electrostatic_potentials`` holds zeros when the data had none, and MACE_SCF never reads it). Each
+    falls back to the other when its own is missing."""
     N, words = ctx.shape_words("atom")
     shapes = ((N,), (N, 1))
-    if ctx.has("esps") or "esps_dft" not in ctx.pred:
-        target = ctx.target("esps", shapes, words)
+    use_model = "esps_dft" in ctx.pred and (convention == MACE_SCF or not ctx.has("esps"))
+    if use_model:
+        target = ctx.output("esps_dft", shapes, words)
     else:
-        target = ctx.output("esps_dft", shapes, words).detach().to(ctx.dtype)
+        target = ctx.target("esps", shapes, words)
     pred = ctx.output("esps", shapes, words)
     return _atom_entries(ctx, target.reshape(N, 1), pred.reshape(N, 1), ctx.weight("esps"), convention)
 

@@ -8,9 +8,12 @@ Both functions take the data as any of:
 - a :class:`DataSummary` (no file needed, same API), e.g. ``DataSummary(100, {"energy": 100, "forces": 90})``;
 - an object with a ``path`` attribute pointing at such a file (e.g. ``scfdata.data.H5Dataset``).
 
-``check_schedule`` also reads the training config from a YAML path (MACE_SCF format: a top-level
-``train_schedule``, a list of stages ``{name, start, end, loss, lr}`` or a mapping name -> stage).
-These are the only functions of ``scfdata.losses`` that touch files.
+``check_schedule`` (problems) and ``check_schedule_report`` (problems, and one note per loss saying
+what it is computed from) also read the training config from a YAML path (MACE_SCF format: a
+top-level ``train_schedule``, a list of stages ``{name, start, end, loss, lr}`` or a mapping key ->
+stage, named by its ``name`` when it has one; only ``loss`` and ``name`` are read). MACE_SCF's
+model-internal terms are supported by any data (they read model outputs only). These are the only
+functions of ``scfdata.losses`` that touch files.
 
 How many configs contribute is the target field's coverage, capped, for the molecular losses, by the
 number of configs with at least two molecules (both are counts, so their minimum is an upper bound

@@ -103,6 +103,10 @@ class AliasView(Mapping):
     def __contains__(self, name) -> bool:
         return isinstance(name, str) and self._resolve(name) is not None
 
+    def stored_as(self, name: str) -> str | None:
+        """The key ``name`` is read from (itself or an alias), None when absent."""
+        return self._resolve(name)
+
     def __getitem__(self, name: str):
         key = self._resolve(name)
         if key is None:

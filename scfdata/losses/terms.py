@@ -88,18 +88,22 @@ def _clean(target: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
 _WIDTH_SHAPES = {1: lambda B: ((B,), (B, 1)), 3: lambda B: ((B, 3),), 9: lambda B: ((B, 3, 3), (B, 9))}
 
 
+_OWN = "<the field's own>"  # default property weight of _config_entries: <field>_weight
+
+
 def _config_entries(ctx: BatchContext, field: str, pred: torch.Tensor, width: int, convention: str, *,
-                    inv_n: torch.Tensor | None = None, prop: str | None = "", masks: tuple[str, ...] = (),
+                    inv_n: torch.Tensor | None = None, prop: str | None = _OWN, masks: tuple[str, ...] = (),
                     target: torch.Tensor | None = None) -> Entries:
     """A per-config target of ``width`` columns. ``inv_n`` multiplies w (1/N² = e divided by N);
-    ``prop`` names the property weight (default: ``field``; None: none); ``masks`` the presence fields."""
+    ``prop`` names the property weight (default: ``field``'s own; None: none); ``masks`` the presence
+    fields (default: ``field``)."""
     B = ctx.n_configs
     shapes = _WIDTH_SHAPES[width](B)
     meaning = f"B={B} configs" + ("" if width == 1 else f" × {width}")
     if target is None:
         target = ctx.target(field, shapes, meaning)
     require_shape(pred, shapes, f"the {field} prediction", meaning)
-    w = ctx.entry_weight(masks or (field,), field if prop == "" else prop)
+    w = ctx.entry_weight(masks or (field,), field if prop == _OWN else prop)
     if inv_n is not None:
         w = w * inv_n
     return Entries(target.reshape(B, width), pred.reshape(B, width), w,
@@ -155,7 +159,7 @@ def _entries_atomic_multipoles(ctx: BatchContext, convention: str, max_l: int | 
 
 def _charge_or_fermi(ctx: BatchContext, field: str, pred: torch.Tensor, convention: str, per_atom: bool) -> Entries:
     # MACE_SCF weighs total charge and Fermi level by the config weight alone (no property weight)
-    prop = None if convention == MACE_SCF else ""
+    prop = None if convention == MACE_SCF else _OWN
     return _config_entries(ctx, field, pred, 1, convention, prop=prop,
                            inv_n=ctx.inv_n_atoms_sq if per_atom else None)
 
@@ -191,14 +195,14 @@ def _entries_fermi_level_per_atom(ctx: BatchContext, convention: str) -> Entries
 
 
 def _entries_esps(ctx: BatchContext, convention: str) -> Entries:
-    """Target: scfdata, ref ``esps`` (the precomputed /atoms/esps); mace_scf, the model's ``esps_dft``
-    output (the ESP of the DFT multipoles a MACE_SCF model computes; a MACE_SCF batch's
-    ``electrostatic_potentials`` holds zeros when the data had none, and MACE_SCF never reads it). Each
-    falls back to the other when its own is missing."""
+    """Target: scfdata, the batch's ``esps`` (scfdata's precomputed /atoms/esps); mace_scf, the model's
+    ``esps_dft`` output (the ESP of the DFT multipoles, computed by a MACE_SCF model), as MACE_SCF does.
+    A MACE_SCF batch's ``electrostatic_potentials`` (zeros unless the data had ESPs; MACE_SCF's loss never
+    reads it) is the target only when the model gives no ``esps_dft``."""
     N, words = ctx.shape_words("atom")
     shapes = ((N,), (N, 1))
-    use_model = "esps_dft" in ctx.pred and (convention == MACE_SCF or not ctx.has("esps"))
-    if use_model:
+    scfdata_esps = ctx.ref.stored_as("esps") == "esps"
+    if "esps_dft" in ctx.pred and (convention == MACE_SCF or not scfdata_esps):
         target = ctx.output("esps_dft", shapes, words)
     else:
         target = ctx.target("esps", shapes, words)

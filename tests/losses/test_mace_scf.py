@@ -183,17 +183,23 @@ def test_absent_targets_contribute_nothing_but_count_in_mace_scf_means():
 
 
 def test_esps_target_per_convention():
-    """mace_scf: the model's esps_dft (MACE_SCF never reads the batch's electrostatic_potentials, which
-    holds zeros when the data had none); scfdata: the batch's precomputed ESPs."""
+    """mace_scf: the model's esps_dft, as MACE_SCF; scfdata: the batch's precomputed `esps`. A MACE_SCF
+    batch's `electrostatic_potentials` (zeros unless the data had ESPs, never read by MACE_SCF's loss)
+    is not taken over the model's esps_dft in either convention."""
     ref, pred = mace_scf_batch(15)
-    ref["electrostatic_potentials"] = torch.randn(len(ref["batch"]), 1, dtype=torch.float64)
-    scf = LOSSES["esps"].fn(ref, pred).item()
+    want = mace_scf_loss("esps", ref, pred)
+    for convention in ("scfdata", "mace_scf"):
+        assert LOSSES["esps"].fn(ref, pred, convention=convention).item() == pytest.approx(want, rel=1e-12)
+    scf = {k: v for k, v in ref.items() if k != "electrostatic_potentials"}
+    scf["esps"] = torch.randn(len(ref["batch"]), dtype=torch.float64)
     N = len(ref["batch"])
     w = torch.repeat_interleave(ref["weight"] * ref["electrostatic_potentials_weight"], torch.diff(ref["ptr"]))
+    e = scf["esps"] - pred["esps"]
+    assert LOSSES["esps"].fn(scf, pred).item() == pytest.approx(float((w * e * e).sum() / N), rel=1e-12)
+    assert LOSSES["esps"].fn(scf, pred, convention="mace_scf").item() == pytest.approx(want, rel=1e-12)
+    no_dft = {k: v for k, v in pred.items() if k != "esps_dft"}  # no model target: the batch's ESPs
     e = ref["electrostatic_potentials"].view(-1) - pred["esps"]
-    assert scf == pytest.approx(float((w * e * e).sum() / N), rel=1e-12)
-    assert LOSSES["esps"].fn(ref, pred, convention="mace_scf").item() == pytest.approx(
-        mace_scf_loss("esps", ref, pred), rel=1e-12)
+    assert LOSSES["esps"].fn(ref, no_dft).item() == pytest.approx(float((w * e * e).sum() / N), rel=1e-12)
 
 
 def test_every_name_of_mace_scf_is_known():

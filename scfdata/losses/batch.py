@@ -251,10 +251,10 @@ class BatchContext:
             )
         t = require_tensor(self.pred[name], f"pred[{name!r}]")
         if t.dtype not in _PRED_DTYPES:
-            raise LossInputError(
-                f"pred[{name!r}] has dtype {t.dtype}; the losses need float32 or float64 (half precision "
-                "overflows and underflows in squared errors): cast the model outputs with .float() or .double()"
-            )
+            why = (" (half precision overflows and underflows in squared errors)"
+                   if t.is_floating_point() else "")
+            raise LossInputError(f"pred[{name!r}] has dtype {t.dtype}; the losses need float32 or float64{why}: "
+                                 "cast the model outputs with .float() or .double()")
         if shapes is not None:
             require_shape(t, shapes, f"pred[{name!r}]", meaning)
         return t

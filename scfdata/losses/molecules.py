@@ -15,8 +15,9 @@ batch) they are computed from the reference atoms as MACE_SCF does at every step
 the reference forces, R_M = the mean of the atoms' ``positions`` (as stored: not unwrapped, not
 mass-weighted), W = Σ_M R_M·F_M; such computed targets are present where the forces are.
 
-Atoms with a negative id belong to no molecule: they are left out of every molecular sum (MACE_SCF
-would group them as one more molecule of their config).
+Atoms with a negative id, and the atoms of configs whose ``molecule_mask`` is False, belong to no
+molecule: they are left out of every molecular sum (MACE_SCF would group negative ids as one more
+molecule of their config).
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ def _from_local(ctx: BatchContext) -> Molecules:
 
 def _from_global(ctx: BatchContext) -> Molecules:
     index = _atom_ids(ctx, "molecule")
+    assigned = ctx.presence("molecule")  # configs whose molecules are absent: their atoms in none
+    if assigned is not None:
+        index = torch.where(assigned[:, 0].index_select(0, ctx.batch), index, -1)
     valid = index >= 0
     if ctx.has("molecule_batch"):
         mol_batch = ctx.index("molecule_batch")

@@ -210,3 +210,58 @@ def test_every_name_of_mace_scf_is_known():
              "fourier_density"}  # the keys of MACE_SCF's _LOSS_FUNCTIONS
     assert set(LOSSES) == names
     WeightedLoss(dict.fromkeys(names, 1.0))
+
+
+@pytest.mark.parametrize("convention", ["scfdata", "mace_scf"])
+def test_absent_forces_stored_as_nan_never_reach_the_computed_molecular_targets(convention):
+    ref, pred = mace_scf_batch(16)
+    lo, hi = int(ref["ptr"][1]), int(ref["ptr"][2])
+    ref["forces_weight"][1] = 0.0  # config 1 has no forces: MACE style, weight 0
+    clean = {k: v.clone() for k, v in ref.items()}
+    clean["forces"][lo:hi] = 0.0
+    ref["forces"][lo:hi] = float("nan")
+    for name in MOLECULAR:
+        p = {k: v.clone().requires_grad_(v.is_floating_point()) for k, v in pred.items()}
+        loss = LOSSES[name].fn(ref, p, convention=convention)
+        loss.backward()
+        assert loss.item() == pytest.approx(LOSSES[name].fn(clean, pred, convention=convention).item(), rel=1e-12)
+        assert torch.isfinite(p["forces"].grad).all(), name
+
+
+@pytest.mark.parametrize("name", ["molecular_forces", "cluster_virial_per_atom", "fixedpoint_scf_stability",
+                                  "fourier_density", "field_features"])
+def test_gradcheck_mace_scf(name):
+    ref, pred = mace_scf_batch(17, n_configs=3, k_vec=4)
+    spec = LOSSES[name]
+    keys = [k for k in spec.outputs if pred[k].is_floating_point() and k != "k_vectors_normed_squared"]
+
+    def f(*xs):
+        return spec.fn(ref, {**pred, **dict(zip(keys, xs, strict=True))}, convention="mace_scf")
+
+    inputs = tuple(pred[k].clone().requires_grad_(True) for k in keys)
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7)
+
+
+def test_configs_without_molecules_keep_their_placeholder_ids_out():
+    """A config whose molecule field is absent (mask False, 0 molecules, placeholder ids 0) adds nothing
+    to the next config's molecule 0."""
+    ref, pred = mace_scf_batch(18)
+    glob = _scfdata_style(ref, stored=False)
+    B = len(ref["ptr"]) - 1
+    lo, hi = int(ref["ptr"][2]), int(ref["ptr"][3])
+    n_mol = torch.diff(glob["molecule_ptr"])
+    n_mol[2] = 0  # config 2: no molecules, ids stored as 0 (global: the start of config 3's range)
+    glob["molecule_ptr"] = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(n_mol, 0)])
+    local = ref["cluster_batch"].clone()
+    local[lo:hi] = 0
+    glob["molecule"] = local + glob["molecule_ptr"][ref["batch"]]
+    glob["molecule_mask"] = torch.ones(B, dtype=torch.bool)
+    glob["molecule_mask"][2] = False
+    cut = {k: v for k, v in ref.items()}
+    cut["cluster_batch"] = ref["cluster_batch"].clone()
+    cut["cluster_batch"][lo:hi] = -1  # the same: no molecule for config 2's atoms
+    for name in MOLECULAR:
+        assert LOSSES[name].fn(glob, pred).item() == pytest.approx(LOSSES[name].fn(cut, pred).item(), rel=1e-12)
+    del glob["molecule_mask"]
+    with pytest.raises(LossInputError, match="is not global within the batch"):
+        LOSSES["molecular_forces"].fn(glob, pred)

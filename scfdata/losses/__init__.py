@@ -1,9 +1,11 @@
 """Losses for charge-aware interatomic potentials, reading scfdata fields (DESIGN.md, Losses).
 
-``LOSSES`` (name -> :class:`LossSpec`), ``WeightedLoss`` (one training stage's weighted sum),
-``supported_losses`` (what a dataset supports) and ``check_schedule`` (a MACE_SCF train_schedule
-against a dataset). The ``ref`` batch layout and the MACE_SCF name aliases are documented in
-``scfdata.losses.batch``; the formulas in ``scfdata.losses.terms``.
+``LOSSES`` (name -> :class:`LossSpec`: every name MACE_SCF accepts), ``WeightedLoss`` (one training
+stage's weighted sum, in the ``scfdata`` or ``mace_scf`` convention), ``supported_losses`` (what a
+dataset supports) and ``check_schedule`` (a MACE_SCF train_schedule against a dataset). The ``ref``
+batch layout and the MACE_SCF name aliases are documented in ``scfdata.losses.batch``, MACE_SCF's
+per-config molecule ids in ``scfdata.losses.molecules``, the formulas and both conventions in
+``scfdata.losses.terms``, the model-internal terms in ``scfdata.losses.internal``.
 """
 
 from .registry import LOSSES, LossSpec

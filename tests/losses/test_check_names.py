@@ -109,3 +109,17 @@ def test_cli_mace_scf_schedule(tmp_path, capsys):
     out = capsys.readouterr().out
     assert (f"{train}: stage 'unroll': loss 'atomic_multipoles': option max_l must be an integer ≥ 0, "
             "got 'abc' (str)") in out
+
+
+def test_the_readme_schedule_example_checks_clean():
+    """The README's train_schedule example is what `scfdata check` reads, without a problem."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    section = text[text.index("**The `train_schedule` format**"):]
+    block = section[section.index("```yaml\n") + 8:]
+    cfg = yaml.safe_load(block[: block.index("```")])
+    data = DataSummary(10, {f: 10 for f in FIELDS}, {2: 10})
+    problems, notes = check_schedule_report(cfg, data)
+    assert problems == [] and len(notes) == 7
+    assert "stage 'unroll': polarizability (weight 1, mace_scf arithmetic)" in notes[-1]

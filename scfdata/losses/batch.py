@@ -93,12 +93,12 @@ class AliasView(Mapping):
     def __init__(self, source, aliases: dict[str, tuple[str, ...]]):
         self._source = source
         self._aliases = aliases
+        self._memo: dict[str, str | None] = {}  # one view per loss call: the source does not change
 
     def _resolve(self, name: str) -> str | None:
-        for n in _names_for(name, self._aliases):
-            if _has(self._source, n):
-                return n
-        return None
+        if name not in self._memo:
+            self._memo[name] = next((n for n in _names_for(name, self._aliases) if _has(self._source, n)), None)
+        return self._memo[name]
 
     def __contains__(self, name) -> bool:
         return isinstance(name, str) and self._resolve(name) is not None
@@ -137,12 +137,13 @@ class AliasView(Mapping):
 
 
 def normalise_ref(ref) -> AliasView:
-    """``ref`` (dict, MACE/torch_geometric Batch) seen under scfdata's canonical names (no copies)."""
-    return ref if isinstance(ref, AliasView) else AliasView(ref, REF_ALIASES)
+    """``ref`` (dict, MACE/torch_geometric Batch) seen under scfdata's canonical names (no copies; a
+    fresh view per call, so its name lookups are never stale)."""
+    return AliasView(ref._source if isinstance(ref, AliasView) else ref, REF_ALIASES)
 
 
 def normalise_pred(pred) -> AliasView:
-    return pred if isinstance(pred, AliasView) else AliasView(pred, PRED_ALIASES)
+    return AliasView(pred._source if isinstance(pred, AliasView) else pred, PRED_ALIASES)
 
 
 #: floating dtypes a prediction may have (half precision loses the squared errors: refused)
@@ -306,11 +307,15 @@ class BatchContext:
 
     def presence(self, field: str) -> torch.Tensor | None:
         """(B, k) bool: ``<field>_mask``, else ``<field>_weight != 0``, else None (present everywhere)."""
-        for suffix in ("_mask", "_weight"):
-            if f"{field}{suffix}" in self.ref:
-                v = self.per_config(f"ref[{field + suffix!r}]", self.ref[f"{field}{suffix}"], (1, 3))
-                return v.to(self.device).bool() if suffix == "_mask" else v.to(self.device) != 0
-        return None
+        key = ("presence", field)
+        if key not in self._cache:
+            self._cache[key] = None
+            for suffix in ("_mask", "_weight"):
+                if f"{field}{suffix}" in self.ref:
+                    v = self.per_config(f"ref[{field + suffix!r}]", self.ref[f"{field}{suffix}"], (1, 3))
+                    self._cache[key] = v.to(self.device).bool() if suffix == "_mask" else v.to(self.device) != 0
+                    break
+        return self._cache[key]
 
     def entry_weight(self, masks: tuple[str, ...], prop: str | None) -> torch.Tensor:
         """(B, 1) or (B, 3): config weight × ``<prop>_weight`` (1 if absent or ``prop`` is None), 0

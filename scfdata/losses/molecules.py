@@ -90,10 +90,12 @@ def _from_global(ctx: BatchContext) -> Molecules:
         n = int(index.max()) + 1 if bool(valid.any()) else 0
         mol_batch = torch.zeros(n, dtype=torch.long, device=ctx.device).scatter_(0, index[valid], ctx.batch[valid])
     n = int(mol_batch.shape[0])
-    ids, configs = index[valid], ctx.batch[valid]
-    wrong = (ids >= n) | (mol_batch[ids.clamp(max=max(n - 1, 0))] != configs) if n else ids >= 0
+    if n:  # one gather over the atoms, no boolean indexing (this runs every step)
+        wrong = valid & ((index >= n) | (mol_batch[index.clamp(0, n - 1)] != ctx.batch))
+    else:
+        wrong = valid
     if bool(wrong.any()):
-        atom = int(torch.nonzero(valid).flatten()[torch.nonzero(wrong).flatten()[0]])
+        atom = int(torch.nonzero(wrong).flatten()[0])
         raise LossInputError(
             f"ref['molecule'] is not global within the batch: atom {atom} (config {int(ctx.batch[atom])}) has "
             f"molecule id {int(index[atom])}, outside its config's molecules (molecule_ptr/molecule_batch, "

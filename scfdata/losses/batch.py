@@ -217,10 +217,9 @@ class BatchContext:
         return t.long()
 
     # -- sizes -----------------------------------------------------------------------------------------
-    def shape_words(self, level: str) -> tuple[int, str]:
-        """(row count, words) of a level: 'config' -> (B, 'B=… configs'), 'atom' -> (N, 'N=… atoms')."""
-        if level == "config":
-            return self.n_configs, f"B={self.n_configs} configs"
+    @property
+    def atoms(self) -> tuple[int, str]:
+        """(N, 'N=… atoms'): the atom count and its words for shape errors."""
         return self.n_atoms_total, f"N={self.n_atoms_total} atoms"
 
     # -- access --------------------------------------------------------------------------------------
@@ -342,10 +341,6 @@ class BatchContext:
         """(N, 1) a per-config (B, 1) weight repeated on each atom of the config."""
         return w[:, :1].index_select(0, self.batch)
 
-    def atom_weight(self, field: str) -> torch.Tensor:
-        """(N, 1) the config's entry weight repeated on each of its atoms."""
-        return self.to_atoms(self.weight(field))
-
     def sum_over_configs(self, values: torch.Tensor) -> torch.Tensor:
         """(B, ...) Σ over the atoms of each config of (N, ...) ``values``."""
         return values.new_zeros(self.n_configs, *values.shape[1:]).index_add(0, self.batch, values)
@@ -353,6 +348,6 @@ class BatchContext:
     @cached_property
     def predicted_total_charge(self) -> torch.Tensor:
         """(B, 1) Σ_i q̂_i with q̂_i = density_coefficients[i, 0]."""
-        N, words = self.shape_words("atom")
+        N, words = self.atoms
         q = self.output("density_coefficients", ((N, None),), f"{words} × (L+1)^2")[:, :1]
         return self.sum_over_configs(q)

@@ -22,7 +22,7 @@ def _fixedpoint_scf_stability(ctx: BatchContext, smooth: bool = True, beta: floa
     """mean over configs of act(|δρ_out|² / |δρ_in|² − offset): the SCF map's response to a random
     perturbation (pred perturbing_vector, perturbed_density: per atom) should not grow it.
     act = softplus(β, threshold 20) when ``smooth``, else relu."""
-    N, words = ctx.shape_words("atom")
+    N, words = ctx.atoms
     v = ctx.output("perturbing_vector")
     require = (N, *([None] * (v.ndim - 1)))
     require_shape(v, (require,), "pred['perturbing_vector']", f"{words} first")
@@ -82,9 +82,10 @@ def _fourier_density(ctx: BatchContext, form: str = "poly", alpha: float = 1.0, 
         weight = torch.exp(-alpha * k2.sqrt())
     else:  # gaussian
         weight = torch.exp(-alpha * k2)
-    sq = (rho - dft) ** 2 * (weight**2).unsqueeze(-1)
-    sq = torch.where(mask.unsqueeze(-1), sq, 0.0)
-    return sq.sum() / max(2 * int(mask.sum()), 1)
+    # k-vectors outside the mask are zeroed before squaring: their weights or densities may be inf/NaN
+    diff = torch.where(mask.unsqueeze(-1), rho - dft, 0.0)
+    w2 = torch.where(mask, weight, 0.0) ** 2
+    return (diff**2 * w2.unsqueeze(-1)).sum() / max(2 * int(mask.sum()), 1)
 
 
 SCALARS = {

@@ -115,7 +115,7 @@ def sum_by_molecule(ctx: BatchContext, values: torch.Tensor) -> torch.Tensor:
 def predicted_molecular_forces(ctx: BatchContext) -> torch.Tensor:
     """(M, 3) Σ_{i∈M} F̂_i."""
     if "pred_mol_forces" not in ctx._cache:
-        N, words = ctx.shape_words("atom")
+        N, words = ctx.atoms
         forces = ctx.output("forces", ((N, 3),), f"{words} × 3")
         ctx._cache["pred_mol_forces"] = sum_by_molecule(ctx, forces)
     return ctx._cache["pred_mol_forces"]
@@ -135,7 +135,7 @@ def reference_molecular_forces(ctx: BatchContext) -> tuple[torch.Tensor, tuple[s
     if mol.stored and ctx.has("molecular_forces"):
         f = ctx.target("molecular_forces", ((mol.n, 3),), f"M={mol.n} molecules × 3")
         return f, ("molecular_forces",)
-    N, words = ctx.shape_words("atom")
+    N, words = ctx.atoms
     forces = _present_on_atoms(ctx, "forces", ctx.target("forces", ((N, 3),), f"{words} × 3"))
     return sum_by_molecule(ctx, forces), ("forces", "molecular_forces")
 
@@ -148,7 +148,7 @@ def molecule_centres(ctx: BatchContext) -> torch.Tensor:
     if mol.stored and ctx.has("cluster_virial"):
         raise LossInputError("the ref batch stores cluster_virial but not the molecule_centre it was computed "
                              f"with; found keys: {ctx.ref.available()}")
-    N, words = ctx.shape_words("atom")
+    N, words = ctx.atoms
     positions = ctx.target("positions", ((N, 3),), f"{words} × 3")
     ones = positions.new_ones(N, 1)
     return sum_by_molecule(ctx, positions) / sum_by_molecule(ctx, ones).clamp(min=1)

@@ -128,7 +128,7 @@ def _entries_energy_per_atom(ctx: BatchContext, convention: str) -> Entries:
 
 
 def _entries_forces(ctx: BatchContext, convention: str) -> Entries:
-    N, words = ctx.shape_words("atom")
+    N, words = ctx.atoms
     target = ctx.target("forces", ((N, 3),), f"{words} × 3")
     pred = ctx.output("forces", ((N, 3),), f"{words} × 3")
     return _atom_entries(ctx, target, pred, ctx.weight("forces"), convention)
@@ -142,7 +142,7 @@ def _entries_stress(ctx: BatchContext, convention: str) -> Entries:
 
 
 def _entries_atomic_multipoles(ctx: BatchContext, convention: str, max_l: int | None = None) -> Entries:
-    N, words = ctx.shape_words("atom")
+    N, words = ctx.atoms
     pred = ctx.output("density_coefficients", ((N, None),), f"{words} × (L+1)^2")
     k = pred.shape[1]
     if max_l is not None:
@@ -199,7 +199,7 @@ def _entries_esps(ctx: BatchContext, convention: str) -> Entries:
     ``esps_dft`` output (the ESP of the DFT multipoles, computed by a MACE_SCF model), as MACE_SCF does.
     A MACE_SCF batch's ``electrostatic_potentials`` (zeros unless the data had ESPs; MACE_SCF's loss never
     reads it) is the target only when the model gives no ``esps_dft``."""
-    N, words = ctx.shape_words("atom")
+    N, words = ctx.atoms
     shapes = ((N,), (N, 1))
     scfdata_esps = ctx.ref.stored_as("esps") == "esps"
     if "esps_dft" in ctx.pred and (convention == MACE_SCF or not scfdata_esps):
@@ -213,7 +213,7 @@ def _entries_esps(ctx: BatchContext, convention: str) -> Entries:
 def _entries_field_features(ctx: BatchContext, convention: str) -> Entries:
     """Field features of the model's density against those of the DFT density (MACE_SCF's
     feats_no_mu_model / feats_no_mu_dft), weighted per atom by the ESP weight as MACE_SCF does."""
-    N, words = ctx.shape_words("atom")
+    N, words = ctx.atoms
     model = ctx.output("feats_no_mu_model", ((N, None),), f"{words} × features")
     dft = ctx.output("feats_no_mu_dft", (tuple(model.shape),), "the shape of feats_no_mu_model")
     return _atom_entries(ctx, dft, model, ctx.weight("esps"), convention)

@@ -265,3 +265,16 @@ def test_configs_without_molecules_keep_their_placeholder_ids_out():
     del glob["molecule_mask"]
     with pytest.raises(LossInputError, match="is not global within the batch"):
         LOSSES["molecular_forces"].fn(glob, pred)
+
+
+def test_fourier_density_ignores_what_the_mask_leaves_out():
+    ref, pred = mace_scf_batch(19)
+    mask = pred["k_vectors_mask"]
+    bad = {k: v.clone() for k, v in pred.items()}
+    bad["rho_fftn"][~mask] = float("nan")
+    bad["k_vectors_normed_squared"][1:][~mask[1:]] = float("inf")
+    rho = bad["rho_fftn"].clone().requires_grad_(True)
+    loss = LOSSES["fourier_density"].fn(ref, {**bad, "rho_fftn": rho}, form="exponential")
+    loss.backward()
+    assert loss.item() == pytest.approx(mace_scf_loss("fourier_density", ref, pred, form="exponential"), rel=1e-12)
+    assert torch.isfinite(rho.grad).all() and (rho.grad[~mask] == 0).all()

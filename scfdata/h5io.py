@@ -414,6 +414,7 @@ def assemble(
     provenance: dict | None = None,
     rejects: Sequence[tuple[int, int, str]] = (),
     root_attrs: dict | None = None,
+    in_place: bool = False,
 ) -> Path:
     """Merge shard files into one contiguous file, selecting ``rows[k]`` configs of shard ``k``.
 
@@ -423,7 +424,9 @@ def assemble(
     arrays at a time, whatever the number of shards. A field whose per-item shape differs between
     shards takes the widest one when every shard with a narrower shape has that target fully masked
     (those shards are zero-padded, their masks stay False); any other shape difference is a
-    FormatError. ``root_attrs`` (e.g. ``split_id``, ``split_name``) go on the root group.
+    FormatError. ``root_attrs`` (e.g. ``split_id``, ``split_name``) go on the root group. The file is
+    written under a temporary name and renamed, unless ``in_place`` (the caller's path is already a
+    temporary one); a failure removes what was written.
     """
     out_path = Path(out_path)
     rows = list(rows) if rows is not None else [None] * len(shards)
@@ -450,8 +453,10 @@ def assemble(
     sizes = {"configs": len(n_atoms), "atoms": int(n_atoms.sum()), "molecules": int(n_mol.sum()),
              "masks": len(n_atoms)}
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_path)
-    tmp = _tmp_name(out_path)
+    if not in_place:
+        remove_stale_temporaries(out_path)
+    tmp = out_path if in_place else _tmp_name(out_path)
+    done = False
     try:
         with h5py.File(tmp, "w") as out:
             _root_attrs(out, provenance, root_attrs)
@@ -488,10 +493,12 @@ def assemble(
             for key in keys:
                 out[key].attrs["checksum"] = checksum_text(crc[key])
             _write_rejects(out, rejects)
-        os.replace(tmp, out_path)
+        if not in_place:
+            os.replace(tmp, out_path)
+        done = True
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        if not done or not in_place:
+            tmp.unlink(missing_ok=True)
     return out_path
 
 
@@ -575,7 +582,7 @@ class ScfdataFile:
     ...     cfg = f.read_config(0); batch = f.read_batch([3, 1, 4])
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, check_publication: bool = True):
         self.path = Path(path)
         if self.path.is_dir():
             h5s = sorted(q.name for q in self.path.glob("*.h5"))
@@ -615,7 +622,7 @@ class ScfdataFile:
             self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
             self.split_id = _text_attr(self._h5.attrs.get("split_id"))
             self.split_name = _text_attr(self._h5.attrs.get("split_name"))
-            if self.split_id is not None and self.path.name == f"{self.split_name}.h5":
+            if check_publication and self.is_published_name:
                 problem = publication_problem(self.path, self.split_id)
                 if problem:
                     raise FormatError(problem)
@@ -645,6 +652,11 @@ class ScfdataFile:
             self._mm = None
         if getattr(self, "_h5", None) is not None and self._h5.id.valid:
             self._h5.close()
+
+    @property
+    def is_published_name(self) -> bool:
+        """Whether the file is a split file of an assembled set at its published name (``<split>.h5``)."""
+        return self.split_id is not None and self.path.name == f"{self.split_name}.h5"
 
     # -- sizes --
     @property

@@ -24,9 +24,11 @@ read through an open reader.
 
 from __future__ import annotations
 
+import errno
 import json
 import mmap
 import os
+import shutil
 import time
 import zlib
 from collections.abc import Iterable, Sequence
@@ -113,6 +115,31 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def ensure_room(path: Path, need: int) -> None:
+    """Refuse, before HDF5 writes anything, a file of about ``need`` bytes that the file size limit
+    (``ulimit -f``) or the free disk space cannot hold: HDF5 may crash instead of failing cleanly when a
+    write fails half way. Raises OSError (EFBIG or ENOSPC) naming the limit."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if soft != resource.RLIM_INFINITY and need > soft:
+            raise OSError(errno.EFBIG, f"File too large: about {need} bytes to write, the file size limit "
+                          f"(ulimit -f) is {soft} bytes", str(path))
+    except ImportError:  # not on POSIX
+        pass
+    free = shutil.disk_usage(path.parent).free
+    if need > free:
+        raise OSError(errno.ENOSPC, f"No space left on device: about {need} bytes to write, {free} free",
+                      str(path))
+
+
+def _estimate(nbytes: int, n_arrays: int) -> int:
+    """File size of ``nbytes`` of array data in ``n_arrays`` arrays, HDF5's own overhead included (an
+    upper estimate)."""
+    return int(nbytes + 2048 * (n_arrays + 16))
+
+
 def checksum_update(arr: np.ndarray, crc: int = 0) -> int:
     """CRC-32 of ``arr``'s bytes as stored (C order), continued from ``crc``."""
     return zlib.crc32(np.ascontiguousarray(arr).view(np.uint8).reshape(-1), crc)
@@ -174,6 +201,9 @@ def write_columns(
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     tmp = _tmp_name(path)
+    arrays = [*cols.configs.values(), *cols.atoms.values(), *cols.molecules.values(), *cols.masks.values()]
+    ensure_room(tmp, _estimate(sum(np.asarray(a).nbytes for a in arrays) + 16 * (cols.n_configs + 1)
+                               + sum(len(r[2]) * 4 + 16 for r in rejects), len(arrays) + 4))
     try:
         with h5py.File(tmp, "w") as h5:
             _root_attrs(h5, provenance)
@@ -246,6 +276,10 @@ class StreamWriter:
             self._layout = layout
         elif layout != self._layout:
             raise ValueError(f"block fields {layout} differ from the first block's {self._layout}")
+        block = sum(np.asarray(a).nbytes for d in (cols.configs, cols.atoms, cols.molecules, cols.masks)
+                    for a in d.values())
+        ensure_room(self._scratch, os.fstat(_vfd(self._h5)).st_size + 2 * _estimate(block, 0)
+                    if _vfd(self._h5) is not None else _estimate(block, 0))
         self._append("n_atoms", cols.n_atoms)
         self._append("n_molecules", cols.n_molecules)
         for group, d in (("configs", cols.configs), ("atoms", cols.atoms),
@@ -261,6 +295,10 @@ class StreamWriter:
         h5 = self._h5
         try:
             tmp = _tmp_name(self.path)
+            keys = [f"{g}/{n}" for g in ("configs", "atoms", "molecules", "masks") if g in h5 for n in h5[g]]
+            ensure_room(tmp, _estimate(sum(h5[k].size * max(h5[k].dtype.itemsize, 64 if h5[k].dtype.kind == "O" else 0)
+                                           for k in keys) + 16 * (self.n_configs + 1)
+                                       + sum(len(r[2]) * 4 + 16 for r in self.rejects), len(keys) + 4))
             with h5py.File(tmp, "w") as out:
                 _root_attrs(out, self.provenance)
                 for group in (*LEVEL_GROUP.values(), "masks"):
@@ -456,6 +494,10 @@ def assemble(
     if not in_place:
         remove_stale_temporaries(out_path)
     tmp = out_path if in_place else _tmp_name(out_path)
+    data = sum(sizes[key.split("/")[0]] * layout[key][0].itemsize * int(np.prod(layout[key][1], dtype=np.int64))
+               for key in keys)
+    ensure_room(tmp, _estimate(data + 16 * (len(n_atoms) + 1) + sum(len(r[2]) * 4 + 16 for r in rejects),
+                               len(keys) + 4))
     done = False
     try:
         with h5py.File(tmp, "w") as out:

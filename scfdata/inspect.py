@@ -32,7 +32,7 @@ def _stats(values: np.ndarray, present: np.ndarray, block: int = 1 << 20) -> dic
         v = np.asarray(values[s : s + block], dtype=np.float64)
         p = np.asarray(present[s : s + block], dtype=bool)
         p = np.broadcast_to(p.reshape(p.shape + (1,) * (v.ndim - p.ndim)), v.shape)
-        v = v[p]
+        v = v[p & np.isfinite(v)]  # a non-finite present value is a problem `verify` reports
         if v.size:
             lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
             total += float(v.sum())

@@ -83,7 +83,7 @@ def _tmp_name(path: Path, kind: str = "tmp") -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{kind}")
 
 
-def _pid_running(pid: int) -> bool:
+def pid_running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -105,7 +105,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
         if not q.name.startswith(prefix):
             continue
         pid = q.name[len(prefix):].split(".")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and _pid_running(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and pid_running(int(pid)):
             continue
         try:
             q.unlink()

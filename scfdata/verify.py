@@ -23,7 +23,7 @@ import numpy as np
 
 from . import fields
 from .h5io import (LEVEL_GROUP, MANIFEST, SPLIT_FILE_NAMES, FormatError, ScfdataFile, checksum_text,
-                   checksum_update, publication_problem, read_manifest)
+                   checksum_update, pid_running, publication_problem, read_manifest)
 
 _GROUP_LEVEL = {g: lvl for lvl, g in LEVEL_GROUP.items()}
 _POINTERS = ("atom_ptr", "molecule_ptr")
@@ -228,13 +228,11 @@ def verify_file(path: str | os.PathLike, *, checksums: bool = True) -> Report:
 
 def _temporaries(directory: Path) -> list[Path]:
     """``.<name>.<pid>.<kind>`` files of writers that are no longer running, in the directory and below."""
-    from .h5io import _pid_running
-
     out = []
     for q in sorted(directory.rglob(".*.*")):
         parts = q.name.split(".")
         pids = [p for p in parts if p.isdigit()]
-        if q.is_file() and parts[-1] in ("tmp", "scratch", "npz") and pids and not _pid_running(int(pids[0])):
+        if q.is_file() and parts[-1] in ("tmp", "scratch", "npz") and pids and not pid_running(int(pids[0])):
             out.append(q)
     return out
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .h5io import ScfdataFile
+from .h5io import FormatError, ScfdataFile
 
 _POINTERS = {"ptr", "batch", "molecule_ptr", "molecule_batch"}
 
@@ -40,7 +40,11 @@ def to_tensors(arrays: dict[str, np.ndarray], dtype: torch.dtype = torch.float64
 class H5Dataset(torch.utils.data.Dataset):
     """An scfdata file as a torch Dataset. ``path`` is a file, or a results directory with ``split``.
 
-    The file is opened lazily in each process, so the dataset works in a DataLoader with workers.
+    A split file of a results directory is read only when it belongs to the directory's published set
+    (its split id is the manifest's), so train and test can never come from two runs. The file is
+    opened lazily in each process, so the dataset works in a DataLoader with workers; every process
+    reads the very file the dataset was created on: when the path names another file by then (a new
+    set was published), the reopen is refused instead of reading other data.
     """
 
     def __init__(self, path: str | os.PathLike, split: str | None = None, dtype: torch.dtype = torch.float64):
@@ -52,12 +56,23 @@ class H5Dataset(torch.utils.data.Dataset):
         self.path, self.dtype = path, dtype
         with ScfdataFile(path) as f:
             self._n = f.n_configs
+            self._identity = f.identity
         self._file: ScfdataFile | None = None
+        self._pid = os.getpid()
 
     @property
     def file(self) -> ScfdataFile:
-        if self._file is None:
-            self._file = ScfdataFile(self.path)
+        if self._file is None or self._pid != os.getpid():  # first use in this process (a forked worker too)
+            self._file, self._pid = None, os.getpid()
+            f = ScfdataFile(self.path)
+            if f.identity != self._identity:
+                f.close()
+                raise FormatError(
+                    f"{self.path}: is not the file this dataset was created on (another file was written at this "
+                    "path since, e.g. a new run published its results); create the dataset again to read the "
+                    "new file"
+                )
+            self._file = f
         return self._file
 
     def __getstate__(self):

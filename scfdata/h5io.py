@@ -10,15 +10,27 @@ Layout (DESIGN.md)::
     /rejects/        source (n,2) and reason of every config that did not make it
 
 Final files are contiguous and uncompressed (so a reader can memory-map them) and are written under a
-temporary name, then renamed: a killed run never leaves a file that looks complete. Strings are stored
-as fixed-length UTF-8 bytes so that they are contiguous too.
+temporary name, then renamed: a killed run never leaves a file that looks complete; the next writer of
+the same file removes the temporaries of writers that are no longer running. Strings are stored as
+fixed-length UTF-8 bytes so that they are contiguous too. Every array carries ``checksum``
+("crc32:<hex>" of its stored bytes), which ``scfdata verify`` recomputes.
+
+Split files of one assembled set carry the same root attributes ``split_id`` (and ``split_name``);
+``manifest.json`` next to them names the set's id. A reader refuses a split file whose id is not its
+manifest's (or, without a manifest, not its sibling split files'): files of two runs are never mixed.
+A reader maps arrays from the file descriptor it opened, so a file renamed over the path later is never
+read through an open reader.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import mmap
 import os
+import shutil
 import time
+import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -33,6 +45,8 @@ FORMAT_VERSION = 1
 READABLE_VERSIONS = (1,)
 LEVEL_GROUP = {"config": "configs", "atom": "atoms", "molecule": "molecules"}
 _POINTERS = ("atom_ptr", "molecule_ptr")
+SPLIT_FILE_NAMES = ("train", "valid", "test")
+MANIFEST = "manifest.json"
 
 
 class FormatError(ValueError):
@@ -65,23 +79,100 @@ def _field_attrs(name: str, derived_by: dict | None) -> dict:
     return attrs
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def _tmp_name(path: Path, kind: str = "tmp") -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{kind}")
 
 
-def _root_attrs(h5: h5py.File, provenance: dict | None) -> None:
+def pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove ``.<name>.<pid>.<kind>`` temporaries of ``path`` left by writers that are no longer running
+    (a killed job); a running writer's (another pid that is alive) are kept. Returns what was removed."""
+    path = Path(path)
+    removed = []
+    prefix = f".{path.name}."
+    if not path.parent.is_dir():
+        return removed
+    for q in path.parent.iterdir():
+        if not q.name.startswith(prefix):
+            continue
+        pid = q.name[len(prefix):].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and pid_running(int(pid)):
+            continue
+        try:
+            q.unlink()
+            removed.append(q)
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            pass
+    return removed
+
+
+def ensure_room(path: Path, need: int) -> None:
+    """Refuse, before HDF5 writes anything, a file of about ``need`` bytes that the file size limit
+    (``ulimit -f``) or the free disk space cannot hold: HDF5 may crash instead of failing cleanly when a
+    write fails half way. Raises OSError (EFBIG or ENOSPC) naming the limit."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if soft != resource.RLIM_INFINITY and need > soft:
+            raise OSError(errno.EFBIG, f"File too large: about {need} bytes to write, the file size limit "
+                          f"(ulimit -f) is {soft} bytes", str(path))
+    except ImportError:  # not on POSIX
+        pass
+    free = shutil.disk_usage(path.parent).free
+    if need > free:
+        raise OSError(errno.ENOSPC, f"No space left on device: about {need} bytes to write, {free} free",
+                      str(path))
+
+
+def _estimate(nbytes: int, n_arrays: int) -> int:
+    """File size of ``nbytes`` of array data in ``n_arrays`` arrays, HDF5's own overhead included (an
+    upper estimate)."""
+    return int(nbytes + 2048 * (n_arrays + 16))
+
+
+def checksum_update(arr: np.ndarray, crc: int = 0) -> int:
+    """CRC-32 of ``arr``'s bytes as stored (C order), continued from ``crc``."""
+    return zlib.crc32(np.ascontiguousarray(arr).view(np.uint8).reshape(-1), crc)
+
+
+def checksum_text(crc: int) -> str:
+    return f"crc32:{crc & 0xFFFFFFFF:08x}"
+
+
+def _write_array(group, name: str, data: np.ndarray, attrs: dict | None = None):
+    """A contiguous dataset with its ``checksum`` (and ``attrs``)."""
+    ds = group.create_dataset(name, data=data)
+    ds.attrs["checksum"] = checksum_text(checksum_update(np.asarray(data, dtype=ds.dtype)))
+    if attrs:
+        ds.attrs.update(attrs)
+    return ds
+
+
+def _root_attrs(h5: h5py.File, provenance: dict | None, extra: dict | None = None) -> None:
     h5.attrs["format"] = FORMAT
     h5.attrs["format_version"] = FORMAT_VERSION
     h5.attrs["creator"] = f"scfdata {__version__}"
     h5.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     h5.attrs["provenance"] = json.dumps(provenance or {}, sort_keys=True, default=str)
+    for k, v in (extra or {}).items():
+        h5.attrs[k] = v
 
 
 def _write_rejects(h5: h5py.File, rejects: Sequence[tuple[int, int, str]]) -> None:
     g = h5.create_group("rejects")
     src = np.array([(r[0], r[1]) for r in rejects], dtype=np.int64).reshape(-1, 2)
-    g.create_dataset("source", data=src)
-    g.create_dataset("reason", data=_to_disk(np.array([r[2] for r in rejects], dtype=str)))
+    _write_array(g, "source", src)
+    _write_array(g, "reason", _to_disk(np.array([r[2] for r in rejects], dtype=str)))
 
 
 def _read_rejects(h5: h5py.File) -> list[tuple[int, int, str]]:
@@ -108,21 +199,24 @@ def write_columns(
     """Write one in-memory block as a final (contiguous) scfdata file, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = _tmp_name(path)
+    arrays = [*cols.configs.values(), *cols.atoms.values(), *cols.molecules.values(), *cols.masks.values()]
+    ensure_room(tmp, _estimate(sum(np.asarray(a).nbytes for a in arrays) + 16 * (cols.n_configs + 1)
+                               + sum(len(r[2]) * 4 + 16 for r in rejects), len(arrays) + 4))
     try:
         with h5py.File(tmp, "w") as h5:
             _root_attrs(h5, provenance)
             for group in LEVEL_GROUP.values():
                 h5.create_group(group)
             h5.create_group("masks")
-            h5["configs"].create_dataset("atom_ptr", data=cols.atom_ptr)
-            h5["configs"].create_dataset("molecule_ptr", data=cols.molecule_ptr)
+            _write_array(h5["configs"], "atom_ptr", cols.atom_ptr)
+            _write_array(h5["configs"], "molecule_ptr", cols.molecule_ptr)
             for level, group in LEVEL_GROUP.items():
                 for name, arr in cols.level(level).items():
-                    ds = h5[group].create_dataset(name, data=_to_disk(np.asarray(arr)))
-                    ds.attrs.update(_field_attrs(name, derived_by))
+                    _write_array(h5[group], name, _to_disk(np.asarray(arr)), _field_attrs(name, derived_by))
             for name, arr in cols.masks.items():
-                h5["masks"].create_dataset(name, data=np.asarray(arr, dtype=bool))
+                _write_array(h5["masks"], name, np.asarray(arr, dtype=bool))
             _write_rejects(h5, rejects)
         os.replace(tmp, path)
     finally:
@@ -146,7 +240,8 @@ class StreamWriter:
         self.provenance = provenance or {}
         self.derived_by = derived_by
         self.rejects: list[tuple[int, int, str]] = []
-        self._scratch = self.path.with_name(f".{self.path.name}.{os.getpid()}.scratch")
+        remove_stale_temporaries(self.path)
+        self._scratch = _tmp_name(self.path, "scratch")
         self._h5 = h5py.File(self._scratch, "w")
         self._layout: dict[str, tuple] | None = None
         self.n_configs = 0
@@ -181,6 +276,10 @@ class StreamWriter:
             self._layout = layout
         elif layout != self._layout:
             raise ValueError(f"block fields {layout} differ from the first block's {self._layout}")
+        block = sum(np.asarray(a).nbytes for d in (cols.configs, cols.atoms, cols.molecules, cols.masks)
+                    for a in d.values())
+        ensure_room(self._scratch, os.fstat(_vfd(self._h5)).st_size + 2 * _estimate(block, 0)
+                    if _vfd(self._h5) is not None else _estimate(block, 0))
         self._append("n_atoms", cols.n_atoms)
         self._append("n_molecules", cols.n_molecules)
         for group, d in (("configs", cols.configs), ("atoms", cols.atoms),
@@ -196,14 +295,18 @@ class StreamWriter:
         h5 = self._h5
         try:
             tmp = _tmp_name(self.path)
+            keys = [f"{g}/{n}" for g in ("configs", "atoms", "molecules", "masks") if g in h5 for n in h5[g]]
+            ensure_room(tmp, _estimate(sum(h5[k].size * max(h5[k].dtype.itemsize, 64 if h5[k].dtype.kind == "O" else 0)
+                                           for k in keys) + 16 * (self.n_configs + 1)
+                                       + sum(len(r[2]) * 4 + 16 for r in self.rejects), len(keys) + 4))
             with h5py.File(tmp, "w") as out:
                 _root_attrs(out, self.provenance)
                 for group in (*LEVEL_GROUP.values(), "masks"):
                     out.create_group(group)
                 n_atoms = h5["n_atoms"][()] if "n_atoms" in h5 else np.zeros(0, np.int64)
                 n_mol = h5["n_molecules"][()] if "n_molecules" in h5 else np.zeros(0, np.int64)
-                out["configs"].create_dataset("atom_ptr", data=ptr_from_counts(n_atoms))
-                out["configs"].create_dataset("molecule_ptr", data=ptr_from_counts(n_mol))
+                _write_array(out["configs"], "atom_ptr", ptr_from_counts(n_atoms))
+                _write_array(out["configs"], "molecule_ptr", ptr_from_counts(n_mol))
                 for group in ("configs", "atoms", "molecules", "masks"):
                     if group not in h5:
                         continue
@@ -229,12 +332,16 @@ def _copy_contiguous(src, dst_group, name: str, block: int = 1 << 20) -> None:
     if src.dtype.kind == "O":
         data = np.array(src[()], dtype=object)
         data = np.array([s.decode() if isinstance(s, bytes) else s for s in data], dtype=str)
-        dst_group.create_dataset(name, data=_to_disk(data))
+        _write_array(dst_group, name, _to_disk(data))
         return
     ds = dst_group.create_dataset(name, shape=src.shape, dtype=src.dtype)
     step = max(1, block // max(1, int(np.prod(src.shape[1:])) if src.ndim > 1 else 1))
+    crc = 0
     for s in range(0, src.shape[0], step):
-        ds[s : s + step] = src[s : s + step]
+        part = src[s : s + step]
+        ds[s : s + step] = part
+        crc = checksum_update(part, crc)
+    ds.attrs["checksum"] = checksum_text(crc)
 
 
 class _Shard:
@@ -258,11 +365,13 @@ class _Shard:
             self.rows = np.arange(base.n_configs) if rows is None else np.asarray(rows, dtype=np.int64)
             self.atom_ptr, self.molecule_ptr = base.atom_ptr, mol.molecule_ptr
             self.source: dict[str, int] = {}  # group/name -> index of the file that holds it
+            self.holders: dict[str, list[int]] = {}  # masks/<f> -> every file that holds that mask
             self.layout: dict[str, tuple[np.dtype, tuple]] = {}
             self.derived_by: dict[str, dict] = {}
             for i, f in enumerate(files):  # a later file (a derived fragment) wins over an earlier one
                 for key in f.datasets():
                     self.source[key] = i
+                    self.holders.setdefault(key, []).append(i)
                     self.layout[key] = (f._h5[key].dtype, f._h5[key].shape[1:])
                 self.derived_by.update(f.derived_by())
         finally:
@@ -313,6 +422,28 @@ def _padded_shape(key: str, plan: Sequence[_Shard], shapes: list[tuple]) -> tupl
     )
 
 
+def _shard_block(files: list, sh: _Shard, key: str, idx: np.ndarray, layout: tuple) -> np.ndarray:
+    """The rows ``idx`` of array ``key`` of one shard, as the output stores them. A mask held by several
+    files of the shard (the base and a fragment that re-derives the target) is their AND: a target
+    absent in any of them stays absent, never a placeholder value marked present."""
+    group, name = key.split("/")
+    if group == "masks":
+        block = np.ones((len(idx), *layout[1]), dtype=bool)
+        for i in sh.holders[key]:
+            m = np.asarray(files[i].raw(group, name))[idx]
+            if m.shape[1:] != layout[1]:  # a fully masked narrower shard
+                m = np.zeros(block.shape, dtype=bool)
+            block &= m
+        return block
+    f = files[sh.source[key]]
+    src = f._h5[key][()] if layout[0].kind == "S" else f.raw(group, name)
+    block = np.asarray(src)[idx]
+    if block.shape[1:] != layout[1]:  # a fully masked narrower shard: zero-padded
+        pad = [(0, 0)] + [(0, w - v) for v, w in zip(block.shape[1:], layout[1], strict=True)]
+        block = np.pad(block, pad)
+    return block
+
+
 def assemble(
     out_path: str | os.PathLike,
     shards: Sequence[Sequence[str | os.PathLike]],
@@ -320,15 +451,20 @@ def assemble(
     *,
     provenance: dict | None = None,
     rejects: Sequence[tuple[int, int, str]] = (),
+    root_attrs: dict | None = None,
+    in_place: bool = False,
 ) -> Path:
     """Merge shard files into one contiguous file, selecting ``rows[k]`` configs of shard ``k``.
 
     Each shard is a list of files describing the same configs (the ingested base and the derived
-    fragments); their fields are unioned. The output's datasets are created at their final size, then
-    filled shard by shard: memory holds one shard's arrays at a time, whatever the number of shards.
-    A field whose per-item shape differs between shards takes the widest one when every shard with a
-    narrower shape has that target fully masked (those shards are zero-padded, their masks stay False);
-    any other shape difference is a FormatError.
+    fragments); their fields are unioned, and a mask held by several of them is their AND. The output's
+    datasets are created at their final size, then filled shard by shard: memory holds one shard's
+    arrays at a time, whatever the number of shards. A field whose per-item shape differs between
+    shards takes the widest one when every shard with a narrower shape has that target fully masked
+    (those shards are zero-padded, their masks stay False); any other shape difference is a
+    FormatError. ``root_attrs`` (e.g. ``split_id``, ``split_name``) go on the root group. The file is
+    written under a temporary name and renamed, unless ``in_place`` (the caller's path is already a
+    temporary one); a failure removes what was written.
     """
     out_path = Path(out_path)
     rows = list(rows) if rows is not None else [None] * len(shards)
@@ -355,14 +491,22 @@ def assemble(
     sizes = {"configs": len(n_atoms), "atoms": int(n_atoms.sum()), "molecules": int(n_mol.sum()),
              "masks": len(n_atoms)}
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(out_path)
+    if not in_place:
+        remove_stale_temporaries(out_path)
+    tmp = out_path if in_place else _tmp_name(out_path)
+    data = sum(sizes[key.split("/")[0]] * layout[key][0].itemsize * int(np.prod(layout[key][1], dtype=np.int64))
+               for key in keys)
+    ensure_room(tmp, _estimate(data + 16 * (len(n_atoms) + 1) + sum(len(r[2]) * 4 + 16 for r in rejects),
+                               len(keys) + 4))
+    done = False
     try:
         with h5py.File(tmp, "w") as out:
-            _root_attrs(out, provenance)
+            _root_attrs(out, provenance, root_attrs)
             for group in sizes:
                 out.create_group(group)
-            out["configs"].create_dataset("atom_ptr", data=ptr_from_counts(n_atoms))
-            out["configs"].create_dataset("molecule_ptr", data=ptr_from_counts(n_mol))
+            _write_array(out["configs"], "atom_ptr", ptr_from_counts(n_atoms))
+            _write_array(out["configs"], "molecule_ptr", ptr_from_counts(n_mol))
+            crc = dict.fromkeys(keys, 0)
             for key in keys:
                 group, name = key.split("/")
                 dtype, shape = layout[key]
@@ -376,33 +520,101 @@ def assemble(
                 files = [ScfdataFile(p) for p in sh.paths]
                 try:
                     for key in keys:
-                        group, name = key.split("/")
+                        group = key.split("/")[0]
                         n = len(idx[group])
                         if n:
-                            f = files[sh.source[key]]
-                            src = f._h5[key][()] if layout[key][0].kind == "S" else f.raw(group, name)
-                            block = np.asarray(src)[idx[group]]
-                            if block.shape[1:] != layout[key][1]:  # a fully masked narrower shard
-                                pad = [(0, 0)] + [(0, w - v) for v, w in zip(block.shape[1:], layout[key][1],
-                                                                            strict=True)]
-                                block = np.pad(block, pad)
+                            block = np.asarray(_shard_block(files, sh, key, idx[group], layout[key]),
+                                               dtype=layout[key][0])
                             out[key][at[group] : at[group] + n] = block
+                            crc[key] = checksum_update(block, crc[key])
                 finally:
                     for f in files:
                         f.close()
                 for group in at:
                     at[group] += len(idx[group])
+            for key in keys:
+                out[key].attrs["checksum"] = checksum_text(crc[key])
             _write_rejects(out, rejects)
-        os.replace(tmp, out_path)
+        if not in_place:
+            os.replace(tmp, out_path)
+        done = True
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        if not done or not in_place:
+            tmp.unlink(missing_ok=True)
     return out_path
 
 
 # ------------------------------------------------------------------------------------------------
 # reading
 # ------------------------------------------------------------------------------------------------
+
+
+def _vfd(h5: h5py.File) -> int | None:
+    """The OS file descriptor of an open file (sec2 driver, the default), else None."""
+    if h5.driver != "sec2":
+        return None
+    try:
+        return int(h5.id.get_vfd_handle())
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
+def _text_attr(v):
+    if isinstance(v, bytes):
+        return v.decode()
+    return v.item() if hasattr(v, "item") and getattr(v, "ndim", 1) == 0 else v
+
+
+def read_split_id(path: str | os.PathLike) -> str | None:
+    """The ``split_id`` root attribute of an HDF5 file (None if it has none or cannot be read)."""
+    try:
+        with h5py.File(path, "r") as h5:
+            return _text_attr(h5.attrs.get("split_id"))
+    except OSError:
+        return None
+
+
+def read_manifest(directory: str | os.PathLike) -> dict | None:
+    """The results directory's manifest.json as a dict; None when there is none; FormatError when it is
+    not a JSON object."""
+    man = Path(directory) / MANIFEST
+    try:
+        value = json.loads(man.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"{man}: unreadable manifest ({e}); rerun the workflow to rewrite it") from None
+    if not isinstance(value, dict):
+        raise FormatError(f"{man}: not a manifest (a JSON {type(value).__name__}); rerun the workflow")
+    return value
+
+
+def publication_problem(path: str | os.PathLike, split_id: str) -> str | None:
+    """Why the split file ``path`` (root attribute ``split_id``) is not part of its directory's published
+    set, or None. With a manifest.json next to it the manifest must name the same id and list the file;
+    without one, every sibling split file must carry the same id."""
+    path = Path(path)
+    what = ("the results directory holds files of two runs (a run stopped while publishing, or files "
+            "were copied in)")
+    fix = f"rerun the workflow (`snakemake --cores 8`), or check with `scfdata verify {path.parent}`"
+    manifest = read_manifest(path.parent)
+    if manifest is not None and "splits" in manifest:
+        want = manifest.get("split_id")
+        if want != split_id:
+            return (f"{path}: split id {split_id} differs from {path.parent / MANIFEST}'s {want}: {what}; "
+                    f"refusing to read it; {fix}")
+        if path.stem not in manifest["splits"]:
+            return (f"{path}: not listed in {path.parent / MANIFEST} (whose splits are "
+                    f"{', '.join(manifest['splits']) or 'none'}): a stale file of an earlier run; {fix}")
+        return None
+    for name in SPLIT_FILE_NAMES:
+        other = path.with_name(f"{name}.h5")
+        if other.name != path.name and other.exists():
+            oid = read_split_id(other)
+            if oid != split_id:
+                return (f"{path}: split id {split_id} differs from {other}'s {oid} and there is no "
+                        f"{MANIFEST}: {what}; refusing to read it; {fix}")
+    return None
 
 
 class ScfdataFile:
@@ -412,7 +624,7 @@ class ScfdataFile:
     ...     cfg = f.read_config(0); batch = f.read_batch([3, 1, 4])
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, check_publication: bool = True):
         self.path = Path(path)
         if self.path.is_dir():
             h5s = sorted(q.name for q in self.path.glob("*.h5"))
@@ -445,6 +657,17 @@ class ScfdataFile:
                 )
             self.atom_ptr = self._h5["configs/atom_ptr"][()]
             self.molecule_ptr = self._h5["configs/molecule_ptr"][()]
+            self._fd = _vfd(self._h5)
+            st = os.fstat(self._fd) if self._fd is not None else os.stat(self.path)
+            #: (device, inode, size, mtime_ns) of the file this reader opened (not of whatever the path
+            #: names later): H5Dataset compares it when a worker reopens the path.
+            self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            self.split_id = _text_attr(self._h5.attrs.get("split_id"))
+            self.split_name = _text_attr(self._h5.attrs.get("split_name"))
+            if check_publication and self.is_published_name:
+                problem = publication_problem(self.path, self.split_id)
+                if problem:
+                    raise FormatError(problem)
         except FormatError:
             self._h5.close()
             raise
@@ -452,6 +675,7 @@ class ScfdataFile:
             self._h5.close()
             raise FormatError(f"{self.path}: damaged scfdata file ({e}); rebuild it") from None
         self._maps: dict[str, np.ndarray] = {}
+        self._mm: mmap.mmap | None = None
 
     # -- context manager / pickling (a DataLoader worker reopens the file lazily) --
     def __enter__(self):
@@ -462,8 +686,19 @@ class ScfdataFile:
 
     def close(self) -> None:
         self._maps.clear()
+        if getattr(self, "_mm", None) is not None:
+            try:
+                self._mm.close()
+            except BufferError:  # arrays handed out still use the map: it goes when they do
+                pass
+            self._mm = None
         if getattr(self, "_h5", None) is not None and self._h5.id.valid:
             self._h5.close()
+
+    @property
+    def is_published_name(self) -> bool:
+        """Whether the file is a split file of an assembled set at its published name (``<split>.h5``)."""
+        return self.split_id is not None and self.path.name == f"{self.split_name}.h5"
 
     # -- sizes --
     @property
@@ -537,16 +772,54 @@ class ScfdataFile:
         key = f"{group}/{name}"
         if key in self._maps:
             return self._maps[key]
-        ds = self._h5[key]
-        arr = None
-        if ds.dtype.kind not in "SO" and ds.size > 0 and ds.chunks is None and ds.compression is None:
-            offset = ds.id.get_offset()
-            if offset is not None:
-                arr = np.memmap(self.path, mode="r", dtype=ds.dtype, offset=offset, shape=ds.shape)
+        arr = self._mapped(key)
         if arr is None:
-            arr = _from_disk(ds[()])
+            arr = _from_disk(self._h5[key][()])
         self._maps[key] = arr
         return arr
+
+    def _mapped(self, key: str) -> np.ndarray | None:
+        """``/key`` as a read-only view of a memory map of the file descriptor this reader opened (None
+        when the dataset is not contiguous, is empty or holds strings, or the driver has no descriptor).
+        Mapping the open descriptor, not the path, binds every later read to this file: a file renamed
+        over the path meanwhile is not read."""
+        ds = self._h5[key]
+        if self._fd is None or ds.dtype.kind in "SO" or ds.size == 0 or ds.chunks is not None \
+                or ds.compression is not None:
+            return None
+        offset = ds.id.get_offset()
+        if offset is None:
+            return None
+        if self._mm is None:
+            self._mm = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
+        if offset + ds.size * ds.dtype.itemsize > len(self._mm):
+            raise FormatError(f"{self.path}: {key} ends at byte {offset + ds.size * ds.dtype.itemsize}, the file "
+                              f"has {len(self._mm)} bytes: the file is truncated; rebuild it")
+        return np.frombuffer(self._mm, dtype=ds.dtype, count=ds.size, offset=offset).reshape(ds.shape)
+
+    def stored_blocks(self, key: str, block_bytes: int = 1 << 24):
+        """``/key`` as stored (strings undecoded), in blocks of rows of about ``block_bytes``: for
+        checksums and scans over files larger than memory."""
+        ds = self._h5[key]
+        arr = self._mapped(key)
+        row = max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64)))
+        step = max(1, block_bytes // row)
+        n = ds.shape[0] if ds.ndim else 1
+        for s in range(0, n, step):
+            yield arr[s : s + step] if arr is not None else (ds[s : s + step] if ds.ndim else ds[()])
+
+    def array_attrs(self, key: str) -> dict:
+        """Attributes of ``/key`` (any stored array), bytes decoded."""
+        return {k: _text_attr(v) for k, v in self._h5[key].attrs.items()}
+
+    def array_info(self, key: str) -> tuple[np.dtype, tuple]:
+        """(dtype, shape) of ``/key`` as stored."""
+        ds = self._h5[key]
+        return ds.dtype, ds.shape
+
+    def groups(self) -> dict[str, list[str]]:
+        """Every group of the file and the arrays in it (pointers included)."""
+        return {g: list(self._h5[g]) for g in self._h5 if isinstance(self._h5[g], h5py.Group)}
 
     def read(self, name: str) -> np.ndarray:
         f = fields.get(name)

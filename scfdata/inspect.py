@@ -1,8 +1,8 @@
-"""What is in an scfdata file: counts, elements, boundary classes, fields, provenance, rejects, losses."""
+"""What is in an scfdata file: counts, elements, boundary classes, fields, provenance, rejects, losses,
+and the problems `scfdata verify` finds in it (as warnings)."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import numpy as np
@@ -32,7 +32,7 @@ def _stats(values: np.ndarray, present: np.ndarray, block: int = 1 << 20) -> dic
         v = np.asarray(values[s : s + block], dtype=np.float64)
         p = np.asarray(present[s : s + block], dtype=bool)
         p = np.broadcast_to(p.reshape(p.shape + (1,) * (v.ndim - p.ndim)), v.shape)
-        v = v[p]
+        v = v[p & np.isfinite(v)]  # a non-finite present value is a problem `verify` reports
         if v.size:
             lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
             total += float(v.sum())
@@ -85,6 +85,9 @@ def summarize(path) -> dict:
             "provenance": f.provenance,
         }
     summary["losses"] = _losses(path)
+    from .verify import verify_file
+
+    summary["problems"] = verify_file(path).problems
     return summary
 
 
@@ -139,6 +142,9 @@ def format_text(s: dict) -> str:
         rows = [[name, "yes" if e["supported"] else "no", f"{e['n_configs']}/{n}", e.get("reason", "")]
                 for name, e in s["losses"].items()]
         parts.append(_table(rows, ["loss", "supported", "configs", "reason"]))
+    if s.get("problems"):
+        parts += ["", f"warnings ({len(s['problems'])} problem(s) found by `scfdata verify`):"]
+        parts += [f"  {p}" for p in s["problems"]]
     prov = s["provenance"]
     if prov:
         parts += ["", "provenance:"]
@@ -146,6 +152,30 @@ def format_text(s: dict) -> str:
             parts.append(f"  input {inp.get('path')}  sha256 {str(inp.get('sha256', ''))[:16]}…")
         for k, v in prov.items():
             if k != "inputs":
-                parts.append(f"  {k}: {json.dumps(v, sort_keys=True)}")
+                parts += _provenance_lines(k, v, "  ")
     return "\n".join(parts)
 
+
+def _plain(v) -> str:
+    """A provenance value as text: numbers as in the tables, strings as they are (no quotes, no escapes)."""
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_plain(x) for x in v) if v else "none"
+    if isinstance(v, bool) or v is None:
+        return {True: "true", False: "false", None: "none"}[v]
+    return format_value(v)
+
+
+def _provenance_lines(key: str, value, indent: str) -> list[str]:
+    """``key: value`` lines: a dict's plain entries on one line as ``k = v, ...``, its nested dicts below
+    it, indented; empty dicts left out."""
+    if not isinstance(value, dict):
+        return [f"{indent}{key}: {_plain(value)}"]
+    if not value:
+        return []
+    flat = {k: v for k, v in value.items() if not isinstance(v, dict)}
+    nested = {k: v for k, v in value.items() if isinstance(v, dict) and v}
+    head = f"{indent}{key}:" + (" " + ", ".join(f"{k} = {_plain(v)}" for k, v in flat.items()) if flat else "")
+    lines = [head] if flat or nested else []
+    for k, v in nested.items():
+        lines += _provenance_lines(k, v, indent + "  ")
+    return lines

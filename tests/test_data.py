@@ -69,3 +69,23 @@ def test_scalar_indices_of_every_integer_kind_and_negative_wrap(tmp_path):
             ds[bad]
     with pytest.raises(TypeError, match="integer"):
         ds[1.5]
+
+
+def test_a_worker_refuses_a_file_renamed_over_the_path_since_the_dataset_was_created(tmp_path):
+    """A DataLoader worker reopens the path: when a new run has published another file there, it must
+    not read it as if it were the dataset's."""
+    import os
+    import pickle
+
+    from scfdata.h5io import FormatError
+
+    make_file(tmp_path / "d.h5", n=10, seed=0)
+    ds = H5Dataset(tmp_path / "d.h5")
+    make_file(tmp_path / "new.h5", n=10, seed=1)
+    os.replace(tmp_path / "new.h5", tmp_path / "d.h5")
+    worker_copy = pickle.loads(pickle.dumps(ds))  # what a spawned worker gets
+    with pytest.raises(FormatError, match="is not the file this dataset was created on"):
+        worker_copy.batch([0])
+    with pytest.raises(FormatError, match="is not the file this dataset was created on"):
+        ds[0]
+    assert len(H5Dataset(tmp_path / "d.h5")) == 10  # a new dataset reads the new file

@@ -8,6 +8,17 @@ from scfdata.columns import Columns, concat
 from scfdata.h5io import FormatError, ScfdataFile, StreamWriter, assemble, read_columns, write_columns
 
 
+def _memory_mapped(arr) -> bool:
+    """Whether ``arr`` is a view of a memory map (numpy's or Python's mmap)."""
+    import mmap
+
+    while arr is not None:
+        if isinstance(arr, (mmap.mmap, np.memmap)):
+            return True
+        arr = getattr(arr, "base", None) if not isinstance(arr, memoryview) else arr.obj
+    return False
+
+
 def block(n_configs, seed=0, offset=0):
     rng = np.random.default_rng(seed)
     n_atoms = rng.integers(1, 6, n_configs)
@@ -48,7 +59,7 @@ def test_stream_writer_round_trip_is_contiguous_and_memory_mapped(tmp_path):
     np.testing.assert_array_equal(cols.atoms["forces"], ref.atoms["forces"])
     np.testing.assert_array_equal(cols.configs["config_type"], ref.configs["config_type"])
     with ScfdataFile(tmp_path / "a.h5") as f:
-        assert isinstance(f.raw("atoms", "forces"), np.memmap)
+        assert _memory_mapped(f.raw("atoms", "forces"))
         assert f.rejects() == [(0, 7, "bad thing")]
         assert f.coverage("energy") == int(ref.masks["energy"].sum())
         assert not list(tmp_path.glob(".*"))  # no scratch or temporary file left
@@ -229,3 +240,92 @@ def test_reader_on_a_directory_or_missing_path_says_so(tmp_path):
     with pytest.raises(FormatError, match="no such file") as e:
         ScfdataFile(tmp_path / "valid.h5")
     assert "truncated" not in str(e.value)
+
+
+# -- a reader bound to the file it opened; checksums; masks through assemble; temporaries ------------
+def test_reader_keeps_reading_the_file_it_opened_after_another_is_renamed_over_its_path(tmp_path):
+    """assemble renames a new file over the path; an open reader must not return the new file's bytes,
+    neither for arrays it mapped before nor for arrays it maps afterwards."""
+    import os
+
+    path = tmp_path / "train.h5"
+    old, new = block(30, seed=1), block(30, seed=1, offset=1000.0)  # same layout, other values
+    write_columns(path, old)
+    with ScfdataFile(path) as f:
+        forces = f.raw("atoms", "forces")  # mapped before the rename
+        write_columns(tmp_path / "new.h5", new)
+        os.replace(tmp_path / "new.h5", path)
+        energy = np.asarray(f.raw("configs", "energy"))  # first mapped after the rename
+        batch = f.read_batch([0, 29])
+        np.testing.assert_array_equal(energy, old.configs["energy"])
+        np.testing.assert_array_equal(np.asarray(forces), old.atoms["forces"])
+        np.testing.assert_array_equal(batch["energy"], old.configs["energy"][[0, 29]])
+    with ScfdataFile(path) as f:  # a new reader reads the new file
+        np.testing.assert_array_equal(np.asarray(f.raw("configs", "energy")), new.configs["energy"])
+
+
+def test_every_array_carries_the_crc32_of_its_stored_bytes(tmp_path):
+    import zlib
+
+    cols = block(40, seed=2)
+    write_columns(tmp_path / "a.h5", cols, rejects=[(0, 3, "bad")])
+    w = StreamWriter(tmp_path / "s.h5")
+    w.append(cols)
+    w.close()
+    assemble(tmp_path / "m.h5", [[tmp_path / "a.h5"], [tmp_path / "s.h5"]], [np.arange(0, 40, 2), None])
+    for name in ("a.h5", "s.h5", "m.h5"):
+        with h5py.File(tmp_path / name) as h5:
+            keys = [f"{g}/{n}" for g in ("configs", "atoms", "molecules", "masks", "rejects") for n in h5[g]]
+            assert len(keys) > 10
+            for key in keys:
+                data = np.ascontiguousarray(h5[key][()])
+                assert h5[key].attrs["checksum"] == f"crc32:{zlib.crc32(data.tobytes()):08x}", (name, key)
+
+
+def test_assemble_keeps_a_target_absent_when_any_file_of_the_shard_masks_it(tmp_path):
+    """base.h5 masks `molecule` for a config that lacks the key; a fragment that re-derives the target
+    (source: key) stores a placeholder 0 with its mask True: the final file keeps the mask False."""
+    n = 4
+    n_at = np.array([2, 3, 1, 2])
+    base = Columns(n_atoms=n_at, configs={"energy": np.arange(n, dtype=float)},
+                   atoms={"numbers": np.ones(8, np.int64), "positions": np.zeros((8, 3))},
+                   masks={"molecule": np.array([True, False, True, True]), "energy": np.ones(n, bool)})
+    base.atoms["molecule"] = np.array([0, 1, 0, 0, 0, 0, 0, 1])
+    frag = Columns(n_atoms=n_at, atoms={"molecule": np.array([0, 1, 0, 0, 0, 0, 0, 1])},
+                   masks={"molecule": np.ones(n, bool)})
+    write_columns(tmp_path / "base.h5", base)
+    write_columns(tmp_path / "molecules.h5", frag)
+    assemble(tmp_path / "out.h5", [[tmp_path / "base.h5", tmp_path / "molecules.h5"]])
+    with ScfdataFile(tmp_path / "out.h5") as f:
+        np.testing.assert_array_equal(f.mask("molecule"), [True, False, True, True])
+        np.testing.assert_array_equal(f.mask("energy"), [True] * 4)
+
+
+def test_writers_remove_temporaries_of_dead_writers_only(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = [tmp_path / f".a.h5.{dead}.tmp", tmp_path / f".a.h5.{dead}.scratch"]
+    live = tmp_path / f".a.h5.{os.getppid()}.tmp"
+    other = tmp_path / f".b.h5.{dead}.tmp"  # another file's: not this writer's business
+    for q in (*stale, live, other):
+        q.write_bytes(b"x")
+    write_columns(tmp_path / "a.h5", block(3))
+    assert not any(q.exists() for q in stale) and live.exists() and other.exists()
+
+
+def test_a_write_the_file_size_limit_cannot_hold_is_refused_before_hdf5_starts(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import resource, numpy as np; resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000));"
+            "from scfdata.columns import Columns; from scfdata.h5io import write_columns;"
+            "write_columns(r'%s', Columns(n_atoms=np.ones(50_000, int), configs={'energy': np.zeros(50_000)},"
+            "atoms={'positions': np.zeros((50_000, 3))}))" % (tmp_path / "big.h5"))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 1 and "OSError: [Errno 27] File too large: about" in proc.stderr, proc.stderr[-500:]
+    assert "the file size limit (ulimit -f) is 200000 bytes" in proc.stderr
+    assert list(tmp_path.iterdir()) == []

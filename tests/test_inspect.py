@@ -85,3 +85,34 @@ def test_inspect_directory_or_missing_path_says_so(tmp_path, capsys):
     r = subprocess.run([sys.executable, "-m", "scfdata.cli", "inspect", str(tmp_path / "nope.h5")],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "no such file" in r.stderr and "truncated" not in r.stderr
+
+
+def test_provenance_lines_are_readable_text(tmp_path, capsys):
+    """No JSON dumps and no \\u escapes: nested settings as `key = value` lines, units as written."""
+    from scfdata.columns import Columns
+    from scfdata.h5io import write_columns
+
+    prov = {"dataset": "w", "derive": {"dipoles": {"notes": {"max |mu_DFT - mu| (e·Å)": 2.5e-08}, "settings": {
+        "origin": "zero"}}}, "split": {"seed": 3, "by": "random"}, "empty": {}, "flag": None}
+    write_columns(tmp_path / "p.h5", Columns(n_atoms=[1], atoms={"numbers": np.array([1]),
+                                                               "positions": np.zeros((1, 3))}), provenance=prov)
+    assert main(["inspect", str(tmp_path / "p.h5")]) == 0
+    out = capsys.readouterr().out
+    text = out[out.index("provenance:"):]
+    assert "\\u" not in text and "{" not in text and '"' not in text
+    assert "    dipoles:\n      notes: max |mu_DFT - mu| (e·Å) = 2.5e-08\n      settings: origin = zero" in text
+    assert "  split: by = random, seed = 3" in text and "  flag: none" in text and "empty" not in text
+
+
+def test_inspect_warns_on_what_verify_finds(ingested, capsys):
+    import h5py
+
+    with h5py.File(ingested, "r+") as h5:
+        h5["atoms/forces"][0, 0] = np.nan  # a present target made non-finite after writing
+    assert main(["inspect", str(ingested)]) == 0
+    out = capsys.readouterr().out
+    assert "warnings (2 problem(s) found by `scfdata verify`):" in out
+    assert "/atoms/forces: value nan at config 0 (atom 0): where its mask is True" in out
+    assert "/atoms/forces: checksum crc32:" in out
+    assert main(["inspect", str(ingested), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["problems"]) == 2

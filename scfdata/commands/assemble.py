@@ -1,10 +1,17 @@
 """`scfdata assemble`: shard base files + derived fragments -> results/<ds>/{train,valid,test}.h5.
 
-Writes only the non-empty splits (and deletes split files left by an earlier run), every rejected
-frame of the dataset in each file's /rejects and in ``rejects.tsv``, and ``manifest.json`` (what was
-written: the workflow rule's declared output). Before writing, the dataset-wide key check: a mapped
-key found in no frame of any shard is an error naming the key, with a did-you-mean.
-Counts reconcile: frames in == configs written + configs rejected, or the command fails.
+Writes only the non-empty splits, every rejected frame of the dataset in each file's /rejects and in
+``rejects.tsv``, and ``manifest.json`` (what was written: the workflow rule's declared output). Before
+writing, the dataset-wide key check: a mapped key found in no frame of any shard is an error naming the
+key, with a did-you-mean. Counts reconcile: frames in == configs written + configs rejected, or the
+command fails; so does a dataset of which no config is written (with its reject summary).
+
+Publication is all or nothing: every file of the set is written under a temporary name first (each
+split file carrying the set's ``split_id``), then the split files are renamed into place, then
+``rejects.tsv``, then ``manifest.json`` (naming the ``split_id``) last; split files of the previous set
+that the new one does not have are removed after that. A reader refuses a split file whose id is not
+the manifest's, so a run stopped at any point (kill, full disk) never leaves two splits readable side by
+side; temporaries of a killed run are removed by the next one.
 """
 
 from __future__ import annotations
@@ -12,12 +19,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import uuid
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from ..h5io import ScfdataFile, assemble
+from ..h5io import MANIFEST, ScfdataFile, assemble, remove_stale_temporaries
 from ..ingest import check_keys_found
 from ..keys import KeyMapping
 from ..provenance import versions
@@ -99,9 +107,15 @@ def run(args) -> int:
     rejects.sort(key=lambda r: (r[0], r[1]))
     if args.index and n_in != n_written + len(rejects):
         raise ValueError(
-            f"dataset {args.dataset}: counts do not reconcile: {n_in} frames in the inputs, {n_written} configs "
-            f"written + {len(rejects)} rejected; the shard files are stale: rerun with --forceall"
+            f"dataset {args.dataset}: counts do not reconcile: {args.index} counts {n_in} frames in the inputs, "
+            f"the shards hold {n_written} configs written + {len(rejects)} rejected "
+            f"({n_in - n_written - len(rejects):+d} unaccounted for): the ingest logs (logs/ingest/) say which shard "
+            "read fewer frames than its index plan; if the inputs changed since they were indexed, rerun with "
+            "--forceall"
         )
+    paths = {k: i.get("path", str(k)) for k, i in enumerate(inputs)}
+    if n_written == 0:
+        raise ValueError(_nothing_written(args.dataset, n_in, rejects, paths))
 
     provenance = {
         "dataset": args.dataset,
@@ -120,45 +134,87 @@ def run(args) -> int:
         "versions": versions(),
     }
 
-    # -- one file per non-empty split --
-    written = {}
-    for i, name in enumerate(SPLIT_NAMES):
-        path = out_dir / f"{name}.h5"
-        rows = [np.flatnonzero(lab == i) for lab in labels]
-        keep = [k for k, r in enumerate(rows) if len(r)]
-        if not keep:
-            if path.exists():
-                path.unlink()
-                log.info("removed stale %s (the split is empty now)", path)
-            continue
-        provenance["split_name"] = name
-        assemble(path, [shards[k] for k in keep], [rows[k] for k in keep], provenance=provenance,
-                 rejects=rejects)
-        written[name] = {"path": str(path), "n_configs": int(sum(len(rows[k]) for k in keep))}
-
-    paths = {k: i.get("path", str(k)) for k, i in enumerate(inputs)}
-    tsv = out_dir / "rejects.tsv"
-    tmp = tsv.with_name(f".{tsv.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write("file\tframe\treason\n")
-        for file_index, frame, reason in rejects:
-            fh.write(f"{paths.get(file_index, file_index)}\t{frame}\t{_clean(reason)}\n")
-    os.replace(tmp, tsv)
-
-    manifest = {
-        "dataset": args.dataset,
-        "configs_in": n_in,
-        "written": n_written,
-        "rejected": len(rejects),
-        "splits": written,
-        "rejects": str(tsv),
-        "reject_reasons": dict(Counter(_clean(r[2]).split(":")[0] for r in rejects).most_common()),
-    }
-    man = out_dir / "manifest.json"
-    tmp = man.with_name(f".{man.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, man)
-    split_text = ", ".join(f"{k} {v['n_configs']}" for k, v in written.items()) or "nothing written"
-    print(f"dataset {args.dataset}: configs in {n_in} / written {n_written} / rejected {len(rejects)} "
-          f"({split_text})", flush=True)
+    _publish(args.dataset, out_dir, shards, labels, provenance, rejects, paths, n_in, n_written)
     return 0
+
+
+def _reasons(rejects: list[tuple[int, int, str]]) -> dict[str, int]:
+    return dict(Counter(_clean(r[2]).split(":")[0] for r in rejects).most_common())
+
+
+def _nothing_written(dataset: str, n_in: int, rejects: list, paths: dict) -> str:
+    """One line: a dataset of which every frame was rejected, with the reasons and counts."""
+    counts = ", ".join(f"{reason}: {n}" for reason, n in _reasons(rejects).items()) or "no rejects recorded"
+    first = ""
+    if rejects:
+        f, frame, reason = rejects[0]
+        first = f"; e.g. {paths.get(f, f)} frame {frame}: {_clean(reason)[:200]}"
+    return (f"dataset {dataset}: no config written: {len(rejects)} of {n_in} frames rejected ({counts}){first}; "
+            "fix the inputs, the key mapping or the validation settings (every rejected frame and its reason "
+            "are in the ingest logs)")
+
+
+def _publish(dataset: str, out_dir: Path, shards: list, labels: list, provenance: dict,
+             rejects: list, paths: dict, n_in: int, n_written: int) -> None:
+    """Write the set under temporary names, then rename: split files, rejects.tsv, manifest.json last."""
+    split_id = uuid.uuid4().hex
+    finals = [out_dir / f"{name}.h5" for name in SPLIT_NAMES] + [out_dir / "rejects.tsv", out_dir / MANIFEST]
+    for final in finals:
+        for q in remove_stale_temporaries(final):
+            log.info("removed %s (a temporary of a run that stopped)", q)
+    staged: list[tuple[Path, Path]] = []
+
+    def stage(final: Path) -> Path:
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        staged.append((tmp, final))
+        return tmp
+
+    written = {}
+    try:
+        for i, name in enumerate(SPLIT_NAMES):
+            rows = [np.flatnonzero(lab == i) for lab in labels]
+            keep = [k for k, r in enumerate(rows) if len(r)]
+            if not keep:
+                continue
+            final = out_dir / f"{name}.h5"
+            tmp = stage(final)
+            assemble(tmp, [shards[k] for k in keep], [rows[k] for k in keep],
+                     provenance={**provenance, "split_name": name}, rejects=rejects,
+                     root_attrs={"split_id": split_id, "split_name": name}, in_place=True)
+            written[name] = {"path": str(final), "n_configs": int(sum(len(rows[k]) for k in keep)),
+                             "bytes": tmp.stat().st_size}
+        tsv = out_dir / "rejects.tsv"
+        with open(stage(tsv), "w") as fh:
+            fh.write("file\tframe\treason\n")
+            for file_index, frame, reason in rejects:
+                fh.write(f"{paths.get(file_index, file_index)}\t{frame}\t{_clean(reason)}\n")
+        manifest = {
+            "dataset": dataset,
+            "split_id": split_id,
+            "configs_in": n_in,
+            "written": n_written,
+            "rejected": len(rejects),
+            "splits": written,
+            "rejects": str(tsv),
+            "reject_reasons": _reasons(rejects),
+        }
+        stage(out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        for tmp, final in staged:  # the manifest is staged last, so it is renamed last
+            os.replace(tmp, final)
+    except OSError as e:
+        raise ValueError(
+            f"dataset {dataset}: writing {out_dir} failed ({e.strerror or e}{': ' + e.filename if e.filename else ''}); "
+            "nothing of this run was published (the previous set, if any, is unchanged): free disk space or raise "
+            "the file size limit, then rerun"
+        ) from None
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+    for name in SPLIT_NAMES:
+        stale = out_dir / f"{name}.h5"
+        if name not in written and stale.exists():
+            stale.unlink()
+            log.info("removed %s of the previous set (the split is empty now)", stale)
+    split_text = ", ".join(f"{k} {v['n_configs']}" for k, v in written.items()) or "nothing written"
+    print(f"dataset {dataset}: configs in {n_in} / written {n_written} / rejected {len(rejects)} "
+          f"({split_text})", flush=True)

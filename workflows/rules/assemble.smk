@@ -1,5 +1,27 @@
 # assemble: base + fragments of every shard -> results/<ds>/{train,valid,test}.h5 (non-empty splits),
-# rejects.tsv and a manifest (the rule's declared output, since empty splits are not written).
+# rejects.tsv and a manifest (the rule's declared output, since empty splits are not written). The set is
+# published atomically: every split file carries the manifest's split_id (see scfdata/commands/assemble.py).
+
+
+def _unpublish_damaged_sets():
+    """A published split file that is missing, of another size than the manifest records, or of another
+    split id (deleted, truncated, replaced) voids its set: the manifest is removed before the DAG is
+    built, so Snakemake rebuilds the set and what depends on it (a dry run too unpublishes it: the set is
+    no longer one anyway). Which splits are written depends on the data (empty ones are not), so they
+    cannot be declared outputs; this check stands in for that. Only the main Snakemake process checks
+    (not the jobs' own parses on a cluster)."""
+    if not workflow.is_main_process:
+        return
+    from scfdata.verify import published_set_problem
+
+    for ds in DATASETS:
+        problem = published_set_problem(f"results/{ds}")
+        if problem is not None:
+            logger.warning(f"assemble: {problem}: the published set of {ds} is rebuilt")
+            os.remove(f"results/{ds}/manifest.json")
+
+
+_unpublish_damaged_sets()
 
 
 rule assemble:

@@ -195,7 +195,7 @@ def _lookup(atoms, key: str, section: str):
     return None
 
 
-def _keys_of(atoms) -> set[str]:
+def keys_of(atoms) -> set[str]:
     calc = getattr(atoms, "calc", None)
     results = getattr(calc, "results", {}) if calc is not None else {}
     return set(atoms.info) | set(atoms.arrays) | set(results)
@@ -404,7 +404,7 @@ def ingest(
                 try:
                     if isinstance(atoms, FrameError):
                         raise atoms
-                    result.keys_seen |= _keys_of(atoms)
+                    result.keys_seen |= keys_of(atoms)
                     frame = extract_frame(atoms, mapping, opts)
                     builder.add(frame, (file_index, frame_index))
                 except FrameError as e:

@@ -26,6 +26,30 @@ class ValidationOptions:
     min_distance: float = 0.1  # Å
     min_cell_height: float = 0.5  # Å, shortest distance between lattice planes of a periodic direction
 
+    @classmethod
+    def from_dict(cls, d: dict | None, where: str = "validation") -> ValidationOptions:
+        """Options from a settings block; unknown names and values of the wrong type are a ValueError."""
+        d = d or {}
+        if not isinstance(d, dict):
+            raise ValueError(f"{where}: expected a mapping of options, found {d!r}")
+        out = {}
+        for name, value in d.items():
+            if name not in cls.__dataclass_fields__:
+                raise ValueError(f"{where}: unknown option {name!r}; options: {', '.join(cls.__dataclass_fields__)}")
+            default = getattr(cls, name)
+            if isinstance(default, bool) or name == "renormalise_charges":
+                ok = isinstance(value, bool)
+            else:
+                ok = (value is None and name == "max_volume_per_atom") or (
+                    isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+                    and value >= 0)
+            if not ok:
+                raise ValueError(f"{where}.{name}: expected "
+                                 f"{'true or false' if name == 'renormalise_charges' else 'a finite number >= 0'}"
+                                 f"{' or null' if name == 'max_volume_per_atom' else ''}, found {value!r}")
+            out[name] = value
+        return cls(**out)
+
 
 #: Å^3 per atom above which a fully periodic config is kept with a note (a gas-phase box, a porous framework,
 #: a molecule in a periodic cell, or a cluster with the wrong pbc flag).

@@ -249,11 +249,13 @@ def periodic_pairs(positions, cell, pbc, r_max: float, c_index=0):
     images = np.stack(np.meshgrid(*ranges, indexing="ij"), -1).reshape(-1, 3)
     images = images[np.any(images != 0, axis=1)]
     atom_idx, img = [np.arange(n)], [np.zeros((n, 3), dtype=np.int64)]
-    for s in images:
-        g = frac + s
-        keep = np.all((g >= -pad) & (g < 1.0 + pad) | ~per, axis=1)
-        atom_idx.append(np.nonzero(keep)[0])
-        img.append(np.broadcast_to(s, (int(keep.sum()), 3)))
+    step = max(1, (1 << 20) // max(n, 1))  # images per chunk: ~1M atom-image candidates at a time
+    for k in range(0, len(images), step):
+        s = images[k:k + step]
+        g = frac[None, :, :] + s[:, None, :]
+        im, at = np.nonzero(np.all((g >= -pad) & (g < 1.0 + pad) | ~per, axis=2))
+        atom_idx.append(at)
+        img.append(s[im])
     atom_idx = np.concatenate(atom_idx)
     img = np.concatenate(img).astype(np.int64)
     pts = (frac[atom_idx] + img) @ full

@@ -98,7 +98,11 @@ def check_paths(inputs: list[str], output: str) -> None:
     if out.is_dir():
         raise IngestError(f"-o {output}: is a directory; give a file path")
     parent = out.parent if str(out.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise IngestError(f"-o {output}: cannot create the directory {parent} ({e.strerror}); give another "
+                          "output path") from None
     if not os.access(parent, os.W_OK | os.X_OK):
         raise IngestError(f"-o {output}: the directory {parent} is not writable; give another output path")
 
@@ -296,7 +300,7 @@ def run_ingest(args) -> int:
     try:
         result = ingest(writer, ranges, mapping, on_error=on_error, options=options, fmt=fmt,
                         progress=progress, multipole_width=width)
-        if args.index is None:
+        if args.index is None and result.keys_seen:  # (no frame parsed: the rejects say why)
             check_keys_found(result.coverage, result.keys_seen, mapping, where=", ".join(args.inputs))
     except BaseException:
         writer.abort()

@@ -131,7 +131,7 @@ def _cli(*args: str, fsize: int | None = None, timeout: float = 120) -> subproce
 
 def test_file_size_limit_during_ingest_is_one_line_and_leaves_no_scratch(tmp_path, keys):
     """`ulimit -f` during ingest was a segmentation fault (SIGXFSZ, then HDF5 teardown)."""
-    src = _write(tmp_path / "in.xyz", [_frame(k % 50) for k in range(3000)])
+    src = _write(tmp_path / "in.xyz", [_frame(k % 50) for k in range(1000)])
     proc = _cli("ingest", str(src), "--keys", str(keys), "-o", str(tmp_path / "o.h5"), fsize=40_000)
     assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
     errors = [ln for ln in proc.stderr.splitlines() if not ln.startswith(("INFO", "WARNING"))]
@@ -179,7 +179,7 @@ def test_degenerate_cells_are_rejected_at_ingest_fast(tmp_path, keys, capsys, ce
 
 
 def test_scratch_of_a_killed_ingest_is_removed_by_the_next_run(tmp_path, keys):
-    src = _write(tmp_path / "in.xyz", [_frame(k % 50) for k in range(6000)])
+    src = _write(tmp_path / "in.xyz", [_frame(k % 50) for k in range(1500)])
     out = tmp_path / "o.h5"
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, "-m", "scfdata.cli", "ingest", str(src), "--keys", str(keys),

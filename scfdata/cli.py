@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FormatError, IngestError, ValueError) as e:
         print(f"scfdata {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except MemoryError:
+        print(f"scfdata {args.command}: error: out of memory; split the input into smaller files or run on "
+              "a machine with more memory", file=sys.stderr)
+        return 1
     except OSError as e:  # a directory, a full disk, a file-size limit, no permission: the system's reason
         where = e.filename or getattr(args, "output", None)
         reason = os.strerror(e.errno) if e.errno else str(e).splitlines()[0]

@@ -95,13 +95,18 @@ def scan_input(path: str | os.PathLike, fmt: str | None = None) -> dict:
     return {"n_frames": n, "keys": sorted(keys), "columns": columns, "first_width": first}
 
 
+#: Most shards a dataset can be cut into (each is one job per shard-level rule).
+MAX_SHARDS = 100_000
+
+
 def plan_shards(frame_counts: list[int], n_shards: int) -> list[list[tuple[int, int, int]]]:
     """Split the frames of all inputs into ``n_shards`` contiguous, balanced ranges.
 
     Returns per shard a list of (file index, start frame, stop frame). A shard may be empty.
     """
-    if n_shards < 1:
-        raise ValueError(f"the shard count must be >= 1, got {n_shards}")
+    if not 1 <= n_shards <= MAX_SHARDS:
+        raise ValueError(f"the shard count must be in 1..{MAX_SHARDS}, got {n_shards}; use fewer shards "
+                         "(`shards:` in the config or --set-scatter shard=N)")
     total = sum(frame_counts)
     bounds = [k * total // n_shards for k in range(n_shards + 1)]
     offsets = [0]

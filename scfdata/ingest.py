@@ -2,7 +2,9 @@
 
 Frames are read one at a time and flushed in blocks, so memory does not grow with the dataset.
 Every frame ends up in a block or in the rejects list (file index, frame index, reason):
-``frames read == configs written + configs rejected``.
+``frames read == configs written + configs rejected``; with an index, each range must also yield the
+frames the index counted. extxyz files are split into frames here (blank lines between frames read
+through, as ase does after the last one), so one bad frame is one reject, not the end of the file.
 
 Values are looked up in ``atoms.info``/``atoms.arrays`` and in ``atoms.calc.results`` (ASE >= 3.23
 moves energy, forces and stress there). Per-config weights: ``config_weight``,

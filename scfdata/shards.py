@@ -64,13 +64,13 @@ def scan_input(path: str | os.PathLike, fmt: str | None = None) -> dict:
 
     extxyz: from the comment lines and ``Properties=`` (no frame parsed); other formats: every frame read
     by ase.io.iread. Returns ``{"n_frames", "keys": sorted list, "columns": {key: {width: n_frames}},
-    "first_width": {key: [width, frame]}}``.
+    "first_frames": {key: {width: first frame with that width}}}``.
     """
     path = Path(path)
     check_input_file(path)
     keys: set[str] = set()
     columns: dict[str, dict[str, int]] = {}
-    first: dict[str, list[int]] = {}
+    first: dict[str, dict[str, int]] = {}
     n = 0
 
     def add(frame: int, frame_keys, widths: dict[str, int]):
@@ -78,7 +78,7 @@ def scan_input(path: str | os.PathLike, fmt: str | None = None) -> dict:
         for key, w in widths.items():
             per = columns.setdefault(key, {})
             per[str(w)] = per.get(str(w), 0) + 1
-            first.setdefault(key, [w, frame])
+            first.setdefault(key, {}).setdefault(str(w), frame)
 
     if is_extxyz(path, fmt):
         for frame in scan_extxyz(path):
@@ -92,7 +92,7 @@ def scan_input(path: str | os.PathLike, fmt: str | None = None) -> dict:
         except Exception as e:
             raise IngestError(f"{path}: cannot be read by ase.io.iread at frame {n} "
                               f"({type(e).__name__}: {e})") from None
-    return {"n_frames": n, "keys": sorted(keys), "columns": columns, "first_width": first}
+    return {"n_frames": n, "keys": sorted(keys), "columns": columns, "first_frames": first}
 
 
 #: Most shards a dataset can be cut into (each is one job per shard-level rule).

@@ -66,6 +66,17 @@ def test_multipole_widths_give_the_same_rejects_for_any_shard_count(tmp_path):
     index = json.loads((tmp_path / "index3.json").read_text())
     assert index["widths"]["M"] == {"width": 4, "file": str(src), "frame": 0}
     assert index["inputs"][0]["columns"]["M"] == {"4": 4, "9": 2}
+    assert index["inputs"][0]["first_frames"]["M"] == {"4": 0, "9": 3}
+
+
+def test_an_invalid_first_width_does_not_set_the_dataset_width(tmp_path):
+    """A first frame with 5 multipole columns (not (L+1)^2) is a reject of its own; the dataset's width is
+    that of the first valid frame (9), for 1 and 2 shards alike."""
+    src = _frames([5, 9, 4, 9], tmp_path)
+    settings = {"keys": {"arrays_keys": {"atomic_multipoles": "M"}}}
+    for n in (1, 2):
+        shards = _ingest_shards(tmp_path, src, n, settings)
+        assert sum(w for w, _ in shards) == 2 and sorted(r for _, rej in shards for r in rej) == [0, 2]
 
 
 def test_index_key_typo_is_an_error_with_did_you_mean(tmp_path, capsys):

@@ -53,11 +53,11 @@ def test_scan_reads_through_blank_lines_and_reports_keys_and_widths(tmp_path):
     scan = scan_input(tmp_path / "h.xyz")
     assert scan["n_frames"] == 3 == len(list(ase.io.iread(tmp_path / "f.xyz"))) + 1
     assert {"E", "label", "M", "positions", "symbols"} <= set(scan["keys"])
-    assert scan["columns"]["M"] == {"4": 2, "9": 1} and scan["first_width"]["M"] == [4, 0]
+    assert scan["columns"]["M"] == {"4": 2, "9": 1} and scan["first_frames"]["M"] == {"4": 0, "9": 1}
     # another format (an ASE trajectory, which keeps info and the standard arrays): the frames are read
     for a, q in zip(frames, ([0.1, -0.1], [0.0, 0.0], [0.2, -0.2])):
         a.set_initial_charges(q)
     ase.io.write(tmp_path / "f.traj", frames)
     other = scan_input(tmp_path / "f.traj")
     assert other["n_frames"] == 3 and {"E", "label", "initial_charges", "positions"} <= set(other["keys"])
-    assert other["columns"]["positions"] == {"3": 3} and other["first_width"]["initial_charges"] == [1, 0]
+    assert other["columns"]["positions"] == {"3": 3} and other["first_frames"]["initial_charges"] == {"1": 0}

@@ -1,14 +1,18 @@
 """`scfdata index` (count frames, plan shards) and `scfdata ingest` (frames -> scfdata HDF5).
 
-Both refuse, before reading any frame, an empty input file and a file whose ase.io format is unknown
-(with the fix: ``--format`` here, ``format:`` in the workflow's dataset block). ``index`` also refuses
-an input in which it counts no frame, so the workflow never writes an empty dataset.
+Both refuse, before reading any frame, an input that is not a distinct regular file, an output that is an
+input or a directory, an empty input file and a file whose ase.io format is unknown (with the fix:
+``--format`` here, ``format:`` in the workflow's dataset block). ``index`` also refuses an input in which it
+counts no frame, so the workflow never writes an empty dataset, and, given ``--settings``, a mapped key
+that no frame header carries (a typo, with a did-you-mean), before any ingest job. It records every
+per-atom key's column counts; ingest takes the dataset's multipole width from there.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -166,8 +170,9 @@ def run_index(args) -> int:
         check_keys_found({}, keys, mapping, where=f"{', '.join(args.inputs)} (frame headers)")
     widths = {}
     for i in inputs:
-        for key, (w, frame) in i.pop("first_width").items():
-            widths.setdefault(key, {"width": w, "file": i["path"], "frame": frame})
+        for key, firsts in i["first_frames"].items():
+            w, frame = min(firsts.items(), key=lambda item: item[1])
+            widths.setdefault(key, {"width": int(w), "file": i["path"], "frame": frame})
     plan = plan_shards([i["n_frames"] for i in inputs], args.shards)
     _write_atomic(args.output, json.dumps({"inputs": inputs, "shards": plan, "format": args.format,
                                            "widths": widths}, indent=1))
@@ -244,13 +249,16 @@ def _write_atomic(path: str | Path, text: str) -> None:
 
 
 def _multipole_width(index: dict, mapping: KeyMapping) -> tuple[int, str] | None:
-    """The dataset's multipole column count from the index (the first frame whose header has the key)."""
+    """The dataset's multipole column count from the index: that of the first frame (in input order) whose
+    header gives the mapped key a valid width (1, 4, 9, ...)."""
     key = mapping.arrays_keys.get("atomic_multipoles") or mapping.info_keys.get("atomic_multipoles")
-    w = (index.get("widths") or {}).get(key)
-    if w is None:
-        return None
-    return int(w["width"]), f"the dataset's width (set by the first frame with {key!r}: {w['file']} frame " \
-                            f"{w['frame']}) is"
+    for i in index.get("inputs", []):
+        valid = [(frame, int(w)) for w, frame in (i.get("first_frames") or {}).get(key, {}).items()
+                 if int(w) > 0 and math.isqrt(int(w)) ** 2 == int(w)]
+        if valid:
+            frame, w = min(valid)
+            return w, f"the dataset's width (set by the first frame with {key!r}: {i['path']} frame {frame}) is"
+    return None
 
 
 def run_ingest(args) -> int:

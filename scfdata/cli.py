@@ -8,9 +8,12 @@ input, bad config) print one clear message and exit 1; they never show a traceba
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
+import os
 import pkgutil
+import signal
 import sys
 
 from . import __version__, commands
@@ -40,10 +43,27 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    if hasattr(signal, "SIGXFSZ"):  # a file-size limit (ulimit -f) becomes an error on write, not a kill
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         return int(args.func(args) or 0)
-    except (FormatError, IngestError, ValueError, FileNotFoundError) as e:
+    except (FormatError, IngestError, ValueError) as e:
         print(f"scfdata {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"scfdata {args.command}: error: out of memory; split the input into smaller files or run on "
+              "a machine with more memory", file=sys.stderr)
+        return 1
+    except OSError as e:  # a directory, a full disk, a file-size limit, no permission: the system's reason
+        where = e.filename or getattr(args, "output", None)
+        reason = os.strerror(e.errno) if e.errno else str(e).splitlines()[0]
+        print(f"scfdata {args.command}: error: {f'{where}: ' if where else ''}{reason}; check the path, the free "
+              "space and the limits (ulimit -f)", file=sys.stderr)
+        if e.errno in (errno.EFBIG, errno.ENOSPC, errno.EDQUOT):
+            # HDF5 cannot release a file whose write failed: end here, before its teardown crashes
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
         return 1
 
 

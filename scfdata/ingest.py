@@ -2,7 +2,9 @@
 
 Frames are read one at a time and flushed in blocks, so memory does not grow with the dataset.
 Every frame ends up in a block or in the rejects list (file index, frame index, reason):
-``frames read == configs written + configs rejected``.
+``frames read == configs written + configs rejected``; with an index, each range must also yield the
+frames the index counted. extxyz files are split into frames here (blank lines between frames read
+through, as ase does after the last one), so one bad frame is one reject, not the end of the file.
 
 Values are looked up in ``atoms.info``/``atoms.arrays`` and in ``atoms.calc.results`` (ASE >= 3.23
 moves energy, forces and stress there). Per-config weights: ``config_weight``,
@@ -15,8 +17,11 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import io
 import logging
 import os
+import stat
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +38,7 @@ from .validate import (
     ValidationOptions,
     as_atom_value,
     as_config_value,
+    as_weight,
     check_geometry,
     check_total_charge,
 )
@@ -48,6 +54,7 @@ class IngestError(ValueError):
 
 
 def sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
+    check_input_file(path)
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(block):
@@ -55,12 +62,103 @@ def sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def is_extxyz(path: str | os.PathLike, fmt: str | None) -> bool:
+    """Whether frames are split by :func:`scan_extxyz` (extxyz, or xyz read by ase's extxyz reader)."""
+    return (fmt or "").lower() in ("extxyz", "xyz") or (
+        fmt is None and Path(path).suffix.lower() in (".xyz", ".extxyz"))
+
+
+@dataclass
+class FrameText:
+    """One extxyz frame as found by :func:`scan_extxyz`: its index, first line (1-based), atom count,
+    comment line, and (when asked for) its text."""
+
+    index: int
+    line: int
+    n_atoms: int
+    comment: bytes
+    text: bytes | None = None
+
+
+#: Largest atom count a frame header may give (larger is a corrupt count line, not a frame).
+MAX_FRAME_ATOMS = 100_000_000
+
+
+def scan_extxyz(path: str | os.PathLike, keep=None) -> Iterator[FrameText]:
+    """Frames of an extxyz file from their atom-count lines, without parsing them.
+
+    Blank (whitespace-only) lines between frames are read through, as ase does after the last frame; a
+    count line that is not a number, a truncated frame, or a blank line inside a frame is an IngestError
+    naming the file and the line. ``keep(index)`` says which frames carry their text (default: none).
+    """
+    path = Path(path)
+    with open(path, "rb") as fh:
+        lineno, n = 0, 0
+        while True:
+            head = fh.readline()
+            if not head:
+                return
+            lineno += 1
+            if not head.strip():
+                continue
+            try:
+                natoms = int(head.split()[0])
+            except ValueError:
+                raise IngestError(
+                    f"{path}: line {lineno}: expected the atom count of frame {n}, found {head[:60]!r}; "
+                    "the file is not extended XYZ or is malformed there"
+                ) from None
+            if not 0 <= natoms <= MAX_FRAME_ATOMS:
+                raise IngestError(f"{path}: line {lineno}: atom count {natoms} of frame {n} is not in "
+                                  f"0..{MAX_FRAME_ATOMS}; the file is malformed there")
+            start = lineno
+            lines = [head] if keep is not None and keep(n) else None
+            comment = b""
+            for k in range(natoms + 1):
+                line = fh.readline()
+                lineno += 1
+                if not line:
+                    raise IngestError(
+                        f"{path}: truncated in frame {n} (starting at line {start}): expected {natoms} atom "
+                        "lines; regenerate or cut the file before that frame"
+                    )
+                if k == 0:
+                    comment = line
+                elif not line.strip():
+                    raise IngestError(f"{path}: line {lineno}: blank line inside frame {n} (starting at line "
+                                      f"{start}, {natoms} atoms); remove it or fix the frame's atom count")
+                if lines is not None:
+                    lines.append(line)
+            yield FrameText(n, start, natoms, comment, b"".join(lines) if lines is not None else None)
+            n += 1
+
+
+def _parse_extxyz_frame(path: Path, frame: FrameText):
+    """The Atoms of one frame's text; a frame ase cannot parse is a FrameError (the framing is intact)."""
+    try:
+        return ase.io.read(io.StringIO(frame.text.decode("utf-8")), format="extxyz")
+    except Exception as e:  # ase raises many types on malformed text
+        return FrameError(f"unparsable frame (line {frame.line}): {type(e).__name__}: {str(e)[:200]}; fix it "
+                          "in the input file")
+
+
 def iter_frames(path: str | os.PathLike, start: int = 0, stop: int | None = None,
                 fmt: str | None = None) -> Iterator[tuple[int, object]]:
-    """(frame index, Atoms) for frames start..stop of a file; a parse failure names the frame."""
+    """(frame index, Atoms) for frames start..stop of a file; a parse failure names the frame.
+
+    extxyz files are split into frames here (blank lines between frames read through); a frame that does
+    not parse is yielded as a FrameError (a reject). Other formats are read by ``ase.io.iread``; a parse
+    failure there stops the file with an IngestError.
+    """
     path = Path(path)
-    if not path.exists():
-        raise IngestError(f"{path}: input file not found; check the dataset's `inputs:` list")
+    check_input_file(path)
+    if is_extxyz(path, fmt):
+        for frame in scan_extxyz(path, keep=lambda k: k >= start):
+            if stop is not None and frame.index >= stop:
+                return
+            if frame.index >= start:
+                yield frame.index, _parse_extxyz_frame(path, frame)
+        return
     i = start
     try:
         for atoms in ase.io.iread(str(path), index=slice(start, stop), format=fmt):
@@ -75,6 +173,20 @@ def iter_frames(path: str | os.PathLike, start: int = 0, stop: int | None = None
         ) from None
 
 
+def check_input_file(path: str | os.PathLike) -> None:
+    """An input must be an existing regular file (not a directory, a device, a FIFO or a symlink loop)."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise IngestError(f"{path}: input file not found; check the dataset's `inputs:` list") from None
+    except OSError as e:
+        raise IngestError(f"{path}: cannot open the input ({e.strerror}); give a regular file") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (a device, FIFO or socket)"
+        raise IngestError(f"{path}: input is {kind}; give the frame files themselves")
+
+
 def _lookup(atoms, key: str, section: str):
     calc = getattr(atoms, "calc", None)
     results = getattr(calc, "results", {}) if calc is not None else {}
@@ -85,7 +197,7 @@ def _lookup(atoms, key: str, section: str):
     return None
 
 
-def _keys_of(atoms) -> set[str]:
+def keys_of(atoms) -> set[str]:
     calc = getattr(atoms, "calc", None)
     results = getattr(calc, "results", {}) if calc is not None else {}
     return set(atoms.info) | set(atoms.arrays) | set(results)
@@ -97,6 +209,7 @@ class _Frame:
     values: dict[str, np.ndarray]
     weights: dict[str, np.ndarray]
     config: dict
+    notes: list[str] = field(default_factory=list)
 
 
 def extract_frame(atoms, mapping: KeyMapping, opts: ValidationOptions) -> _Frame:
@@ -107,7 +220,7 @@ def extract_frame(atoms, mapping: KeyMapping, opts: ValidationOptions) -> _Frame
     positions = np.asarray(atoms.positions, dtype=np.float64)
     cell = np.asarray(atoms.cell.array, dtype=np.float64)
     pbc = np.asarray(atoms.pbc, dtype=bool)
-    check_geometry(positions, cell, pbc, opts)
+    notes = check_geometry(positions, cell, pbc, opts)
 
     values: dict[str, np.ndarray] = {}
     for name, key, section in mapping.items():
@@ -148,20 +261,20 @@ def extract_frame(atoms, mapping: KeyMapping, opts: ValidationOptions) -> _Frame
         w = atoms.info.get(f"config_{name}_weight")
         if name == "dipole":
             weights[name] = (
-                as_config_value(name, "config_dipole_weight", w, (3,)) if w is not None
+                as_weight(name, "config_dipole_weight", w, (3,)) if w is not None
                 else dipole_mask_from_pbc(pbc)[0]
             )
         elif w is not None:
-            weights[name] = as_config_value(name, f"config_{name}_weight", w, ())
+            weights[name] = as_weight(name, f"config_{name}_weight", w, ())
     config = {
         "numbers": np.asarray(atoms.numbers, dtype=np.int64),
         "positions": positions,
         "cell": cell,
         "pbc": pbc,
-        "weight": float(as_config_value("weight", "config_weight", atoms.info.get("config_weight", 1.0), ())),
+        "weight": float(as_weight("config", "config_weight", atoms.info.get("config_weight", 1.0), ())),
         "config_type": str(atoms.info.get("config_type", "Default")),
     }
-    return _Frame(n, values, weights, config)
+    return _Frame(n, values, weights, config, notes)
 
 
 @dataclass
@@ -171,6 +284,7 @@ class IngestResult:
     rejects: list[tuple[int, int, str]] = field(default_factory=list)
     coverage: dict[str, int] = field(default_factory=dict)
     keys_seen: set[str] = field(default_factory=set)
+    notes: dict[str, int] = field(default_factory=dict)  # kind -> configs kept with that warning
 
     def reconcile(self) -> None:
         if self.n_read != self.n_written + len(self.rejects):
@@ -181,11 +295,13 @@ class IngestResult:
 class _BlockBuilder:
     """Accumulates frames and turns them into a Columns block with masks and weights."""
 
-    def __init__(self, names: list[str]):
+    def __init__(self, names: list[str], columns_k: int | None = None, columns_from: str = ""):
         self.names = names
         self.frames: list[_Frame] = []
         self.sources: list[tuple[int, int]] = []
-        self.columns_k: int | None = None  # multipole column count, fixed by the first frame that has them
+        # multipole column count: the dataset's (from the index) or fixed by the first frame that has them
+        self.columns_k = columns_k
+        self.columns_from = columns_from or "earlier configs of this dataset have"
 
     def add(self, frame: _Frame, source: tuple[int, int]) -> None:
         mp = frame.values.get("atomic_multipoles")
@@ -194,8 +310,8 @@ class _BlockBuilder:
                 self.columns_k = mp.shape[1]
             elif mp.shape[1] != self.columns_k:
                 raise FrameError(
-                    f"atomic_multipoles: {mp.shape[1]} columns, earlier configs of this dataset have "
-                    f"{self.columns_k}; give every config the same max l"
+                    f"atomic_multipoles: {mp.shape[1]} columns, {self.columns_from} {self.columns_k}; "
+                    "give every config the same max l"
                 )
         self.frames.append(frame)
         self.sources.append(source)
@@ -258,30 +374,47 @@ def ingest(
     block_size: int = 4096,
     fmt: str | None = None,
     progress=None,
+    multipole_width: tuple[int, str] | None = None,
 ) -> IngestResult:
     """Ingest frame ranges ``(file index, path, start, stop)`` into ``writer`` (a StreamWriter).
 
     ``on_error='reject'`` records bad frames with their reason and goes on; ``'raise'`` stops at the
-    first one with an IngestError naming file, frame, key, expected and found.
+    first one with an IngestError naming file, frame, key, expected and found. A range with a ``stop``
+    (from the index) must yield exactly ``stop - start`` frames, else the file changed since it was
+    indexed (an IngestError). ``multipole_width``: (columns, where they were fixed), the dataset's
+    multipole width from the index, so that outcomes do not depend on the shard count. Warnings name the
+    file and frame, once per config.
     """
     if on_error not in ("reject", "raise"):
         raise ValueError(f"on_error must be 'reject' or 'raise', got {on_error!r}")
     opts = options or ValidationOptions()
     names = stored_names(mapping)
-    builder = _BlockBuilder(names)
+    builder = _BlockBuilder(names, *(multipole_width or (None, "")))
     result = IngestResult(coverage={n: 0 for n in names})
     for file_index, path, start, stop in inputs:
-        for frame_index, atoms in iter_frames(path, start, stop, fmt):
-            result.n_read += 1
-            result.keys_seen |= _keys_of(atoms)
-            try:
-                frame = extract_frame(atoms, mapping, opts)
-                builder.add(frame, (file_index, frame_index))
-            except FrameError as e:
-                if on_error == "raise":
-                    raise IngestError(f"{path}: frame {frame_index}: {e}") from None
-                result.rejects.append((file_index, frame_index, str(e)))
-                continue
+        frames = iter_frames(path, start, stop, fmt)
+        n_range = 0
+        while True:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                item = next(frames, None)
+                if item is None:
+                    break
+                frame_index, atoms = item
+                n_range += 1
+                result.n_read += 1
+                try:
+                    if isinstance(atoms, FrameError):
+                        raise atoms
+                    result.keys_seen |= keys_of(atoms)
+                    frame = extract_frame(atoms, mapping, opts)
+                    builder.add(frame, (file_index, frame_index))
+                except FrameError as e:
+                    if on_error == "raise":
+                        raise IngestError(f"{path}: frame {frame_index}: {e}") from None
+                    result.rejects.append((file_index, frame_index, str(e)))
+                    continue
+            _note(result, path, frame_index, frame.notes + [f"{w.category.__name__}: {w.message}" for w in caught])
             for n in frame.values:
                 if n in result.coverage:
                     result.coverage[n] += 1
@@ -290,12 +423,25 @@ def ingest(
                 writer.append(builder.build())
             if progress is not None:
                 progress(result.n_read)
+        if stop is not None and n_range != stop - start:
+            raise IngestError(
+                f"{path}: the index counted frames {start}..{stop - 1} ({stop - start}) but ingest read {n_range} "
+                "there: the file changed since `scfdata index`; rerun the workflow (the index is rebuilt)"
+            )
     if len(builder):
         result.n_written += len(builder)
         writer.append(builder.build())
     writer.add_rejects(result.rejects)
     result.reconcile()
     return result
+
+
+def _note(result: IngestResult, path, frame_index: int, notes: list[str]) -> None:
+    """Log a kept config's warnings once each, naming file and frame; count them by kind."""
+    for note in dict.fromkeys(notes):
+        log.warning("%s: frame %d: %s", path, frame_index, note)
+        kind = note.split(":", 1)[0]
+        result.notes[kind] = result.notes.get(kind, 0) + 1
 
 
 def check_keys_found(coverage: dict[str, int], keys_seen: set[str], mapping: KeyMapping,

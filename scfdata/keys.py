@@ -55,18 +55,70 @@ def yaml_error_message(path: str | Path, err: yaml.YAMLError, what: str = "file"
             "the ': ' after each key, and unclosed brackets or quotes)")
 
 
+#: Limits of :func:`load_yaml`: file size (bytes) and nodes after expanding aliases (an alias bomb, a few
+#: lines that expand to billions of nodes, is refused before it is built).
+MAX_YAML_BYTES = 10 * 1024 * 1024
+MAX_YAML_NODES = 1_000_000
+
+
+def _expanded_nodes(root: yaml.Node, path: Path, limit: int) -> int:
+    """Node count of the document with every alias expanded (shared subtrees counted once per use)."""
+    size: dict[int, int] = {}
+    stack = [(root, False)]
+    on_path: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            children = _children(node)
+            size[key] = 1 + sum(size[id(c)] for c in children)
+            if size[key] > limit:
+                raise ValueError(f"{path}: YAML expands to more than {limit} nodes (aliases `*name` repeating "
+                                 "anchors `&name`); write the file out without such nesting")
+            continue
+        if key in size:
+            continue
+        if key in on_path:
+            raise ValueError(f"{path}: YAML alias refers to its own anchor (a recursive structure); remove it")
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in size)
+    return size[id(root)]
+
+
+def _children(node: yaml.Node) -> list:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [x for pair in node.value for x in pair]
+    return []
+
+
 def load_yaml(path: str | Path, what: str = "file"):
     """The content of a YAML file; a syntax error is a one-line ValueError naming the file, the line and
-    the column. A missing file raises FileNotFoundError (the CLI prints it as one line too)."""
+    the column. Files above MAX_YAML_BYTES, documents that expand (through aliases) to more than
+    MAX_YAML_NODES nodes and recursive aliases are refused. A missing file raises FileNotFoundError
+    (the CLI prints it as one line too)."""
     path = Path(path)
+    if path.is_file() and path.stat().st_size > MAX_YAML_BYTES:
+        raise ValueError(f"{path}: {path.stat().st_size} bytes, larger than a YAML {what} can be "
+                         f"({MAX_YAML_BYTES} bytes); give the right file")
     try:
         text = path.read_text()
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a text file (not UTF-8); expected a YAML {what}") from None
+    loader = yaml.SafeLoader(text)
     try:
-        return yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_nodes(node, path, MAX_YAML_NODES)
+        return loader.construct_document(node)
     except yaml.YAMLError as e:
         raise ValueError(yaml_error_message(path, e, what)) from None
+    finally:
+        loader.dispose()
 
 
 def _canonical(name: str, where: str, strict: bool = True) -> str | None:

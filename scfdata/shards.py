@@ -3,52 +3,100 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import ase.io
+import numpy as np
+from ase.io.extxyz import REV_PROPERTY_NAME_MAP, key_val_str_to_dict
 
-from .ingest import IngestError
-
-
-def _is_extxyz(path: Path, fmt: str | None) -> bool:
-    return (fmt or "").lower() in ("extxyz", "xyz") or (fmt is None and path.suffix.lower() in (".xyz", ".extxyz"))
+from .ingest import IngestError, keys_of, check_input_file, is_extxyz, scan_extxyz
 
 
 def count_frames(path: str | os.PathLike, fmt: str | None = None) -> int:
     """Number of frames; extxyz is counted from its atom-count lines without parsing the frames."""
-    path = Path(path)
-    if not path.exists():
-        raise IngestError(f"{path}: input file not found; check the dataset's `inputs:` list")
-    if not _is_extxyz(path, fmt):
+    return scan_input(path, fmt)["n_frames"]
+
+
+#: One ``key[=value]`` of an extxyz comment line; values quoted with "", '', {} or [] may hold spaces.
+_KEY_VALUE = re.compile(r"""([^\s="'{}\[\]]+)(?:\s*=\s*("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|\{[^}]*\}|\[[^\]]*\]|[^\s"'{}\[\]]*))?(?:\s+|$)""")
+
+
+def _comment_keys(line: str) -> dict[str, str] | None:
+    """key -> raw value of a comment line (None when the line is not plain key=value text). Only names are
+    needed here: ~20x faster than ase's character parser, which reads the values too."""
+    out, pos = {}, len(line) - len(line.lstrip())
+    while pos < len(line):
+        m = _KEY_VALUE.match(line, pos)
+        if m is None or m.end() == pos:
+            return None
+        out[m.group(1)] = m.group(2) or ""
+        pos = m.end()
+    return out
+
+
+def _header_keys(comment: bytes) -> tuple[set[str], dict[str, int]]:
+    """Keys of one extxyz comment line and the column count of each ``Properties`` entry (ase's names
+    too: pos -> positions, Z -> numbers, charge -> charges, species -> symbols)."""
+    line = comment.decode("utf-8", errors="replace").strip()
+    info = _comment_keys(line)
+    if info is None:
         try:
-            return sum(1 for _ in ase.io.iread(str(path), index=":", format=fmt))
-        except Exception as e:
-            raise IngestError(f"{path}: cannot be read by ase.io.iread ({type(e).__name__}: {e})") from None
+            info = key_val_str_to_dict(line)
+        except Exception:  # not key=value text: a plain xyz comment (ase keeps it as `comment`)
+            return {"comment"}, {}
+    props = str(info.pop("Properties", "") or "species:S:1:pos:R:3").strip("\"'{}[]").split(":")
+    widths = {}
+    for k in range(0, len(props) - 2, 3):
+        try:
+            widths[props[k]] = int(props[k + 2])
+        except ValueError:
+            continue
+    for raw, name in REV_PROPERTY_NAME_MAP.items():
+        if raw in widths:
+            widths[name] = widths[raw]
+    info.pop("Lattice", None)
+    return set(info) | set(widths), widths
+
+
+def scan_input(path: str | os.PathLike, fmt: str | None = None) -> dict:
+    """Frame count, the keys found in the frames, and the column count of each per-atom key.
+
+    extxyz: from the comment lines and ``Properties=`` (no frame parsed); other formats: every frame read
+    by ase.io.iread. Returns ``{"n_frames", "keys": sorted list, "columns": {key: {width: n_frames}},
+    "first_frames": {key: {width: first frame with that width}}}``.
+    """
+    path = Path(path)
+    check_input_file(path)
+    keys: set[str] = set()
+    columns: dict[str, dict[str, int]] = {}
+    first: dict[str, dict[str, int]] = {}
     n = 0
-    with open(path, "rb") as fh:
-        lineno = 0
-        while True:
-            head = fh.readline()
-            if not head:
-                return n
-            lineno += 1
-            if not head.strip():
-                continue  # tolerate trailing blank lines
-            try:
-                natoms = int(head.split()[0])
-            except ValueError:
-                raise IngestError(
-                    f"{path}: line {lineno}: expected the atom count of frame {n}, found {head[:60]!r}; "
-                    "the file is not extended XYZ or is malformed there"
-                ) from None
-            for _ in range(natoms + 1):
-                if not fh.readline():
-                    raise IngestError(
-                        f"{path}: truncated in frame {n} (starting at line {lineno}): expected {natoms} atom "
-                        "lines; regenerate or cut the file before that frame"
-                    )
-            lineno += natoms + 1
+
+    def add(frame: int, frame_keys, widths: dict[str, int]):
+        keys.update(frame_keys)
+        for key, w in widths.items():
+            per = columns.setdefault(key, {})
+            per[str(w)] = per.get(str(w), 0) + 1
+            first.setdefault(key, {}).setdefault(str(w), frame)
+
+    if is_extxyz(path, fmt):
+        for frame in scan_extxyz(path):
+            add(frame.index, *_header_keys(frame.comment))
             n += 1
+    else:
+        try:
+            for n, atoms in enumerate(ase.io.iread(str(path), index=":", format=fmt), start=1):
+                add(n - 1, keys_of(atoms), {k: int(np.prod(v.shape[1:], dtype=int))
+                                             for k, v in atoms.arrays.items()})
+        except Exception as e:
+            raise IngestError(f"{path}: cannot be read by ase.io.iread at frame {n} "
+                              f"({type(e).__name__}: {e})") from None
+    return {"n_frames": n, "keys": sorted(keys), "columns": columns, "first_frames": first}
+
+
+#: Most shards a dataset can be cut into (each is one job per shard-level rule).
+MAX_SHARDS = 100_000
 
 
 def plan_shards(frame_counts: list[int], n_shards: int) -> list[list[tuple[int, int, int]]]:
@@ -56,8 +104,9 @@ def plan_shards(frame_counts: list[int], n_shards: int) -> list[list[tuple[int, 
 
     Returns per shard a list of (file index, start frame, stop frame). A shard may be empty.
     """
-    if n_shards < 1:
-        raise ValueError(f"the shard count must be >= 1, got {n_shards}")
+    if not 1 <= n_shards <= MAX_SHARDS:
+        raise ValueError(f"the shard count must be in 1..{MAX_SHARDS}, got {n_shards}; use fewer shards "
+                         "(`shards:` in the config or --set-scatter shard=N)")
     total = sum(frame_counts)
     bounds = [k * total // n_shards for k in range(n_shards + 1)]
     offsets = [0]

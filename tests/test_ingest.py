@@ -129,7 +129,11 @@ def test_charges_and_cartesian_dipoles_become_mace_scf_multipoles(tmp_path):
         (lambda a: a.arrays.__setitem__("M", np.zeros((3, 5))), r"square column count"),
         (lambda a: a.info.__setitem__("config_dipole_weight", [1, 1]), "expected 3 numbers"),
         (lambda a: a.arrays.__setitem__("M", np.c_[np.full(3, 0.5), np.zeros((3, 3))]), "sum to 1.5"),
-        (lambda a: (a.set_pbc(True), a.set_cell(np.diag([30.0, 30.0, 30.0]))), "per atom"),
+        (lambda a: (a.set_pbc(True), a.set_cell(np.diag([30.0, 30.0, 0.3]))), r"0\.3 Å apart"),
+        (lambda a: a.info.__setitem__("Q", True), r"'Q' \(total_charge\): expected numbers, found booleans"),
+        (lambda a: a.info.__setitem__("config_weight", -1.0), r"expected weights >= 0"),
+        (lambda a: a.info.__setitem__("config_forces_weight", np.nan), r"config_forces_weight.*NaN"),
+        (lambda a: a.set_cell(np.full((3, 3), np.nan)), r"cell: NaN or infinite"),
         (lambda a: (a.set_pbc(True), a.set_cell([[0, 3, 0], [3, 0, 0], [0, 0, 3]])), "left-handed"),
         (lambda a: (a.set_pbc(True), a.set_cell(np.zeros((3, 3)))), "singular"),
         (lambda a: a.positions.__setitem__(1, a.positions[0] + [0.05, 0, 0]), "0.0500 Å apart"),
@@ -169,18 +173,22 @@ def test_renormalise_charges_option(tmp_path):
         assert abs(f.read("charges").sum()) < 1e-12
 
 
-def test_low_density_check_can_be_switched_off(tmp_path):
+def test_low_density_kept_with_a_note_by_default_and_rejected_on_request(tmp_path, caplog):
     a = water(1)
     a.pbc, a.cell = True, np.diag([30.0] * 3)
-    res, _ = run(tmp_path, [a], {}, on_error="raise", max_volume_per_atom=None)
-    assert res.n_written == 1
+    res, _ = run(tmp_path, [a, water(1)], {}, on_error="raise")
+    assert res.n_written == 2 and res.notes == {"low density": 1}
+    warned = [r.getMessage() for r in caplog.records if "low density" in r.getMessage()]
+    assert len(warned) == 1 and "in.extxyz: frame 0: low density: 9000.0 Å^3 per atom" in warned[0]
+    res, _ = run(tmp_path, [a], {}, max_volume_per_atom=100.0)
+    assert res.n_written == 0 and "9000.0 Å^3 per atom" in res.rejects[0][2]
 
 
 def test_truncated_input_names_the_frame(tmp_path, water_fixture, mace_scf_keys):
     text = water_fixture.read_text()
     cut = tmp_path / "cut.xyz"
     cut.write_text(text[: int(len(text) * 0.3)])
-    with pytest.raises(IngestError, match=r"parsing stopped at frame \d+"):
+    with pytest.raises(IngestError, match=r"truncated in frame \d+ \(starting at line \d+\)"):
         run(tmp_path, cut, mace_scf_keys)
 
 

@@ -192,49 +192,91 @@ def _periodic_frame(cell, pbc, c_index):
     return full
 
 
-def _periodic_bonds(numbers, positions, cell, pbc, table, c_index=0):
-    """Bonds of one (partly) periodic config: i, j local, S (E, 3) int image shifts, each bond once.
+#: Caps of the periodic pair search, so that no cell (however small or dense) can hang a job or take GBs:
+#: the number of periodic image cells searched and the number of image atoms (ghosts) kept.
+MAX_IMAGE_CELLS = 32768
+MAX_GHOSTS = 4_000_000
 
-    Same convention as ``ase.neighborlist.neighbor_list``: ``D = r_j - r_i + S @ cell`` with the positions as
-    given. Atoms are wrapped into the cell, the cell is padded with the periodic images (ghosts) that lie
-    within the largest cutoff of a face, and one cKDTree over atoms + ghosts finds the pairs: linear in N
-    with a small memory footprint (ase's neighbor_list needs ~13 kB per atom for water).
+
+def periodic_heights(cell, pbc) -> np.ndarray:
+    """(3,) distance between neighbouring lattice planes along each periodic direction (inf for open ones).
+
+    For a partly periodic cell the open directions are replaced by unit vectors normal to the periodic ones
+    (a slab's heights are those of its 2D lattice). Zero for a singular periodic lattice.
     """
-    z = numbers
-    n = len(z)
     per = np.asarray(pbc, dtype=bool)
-    species = np.unique(z)
-    r_max = float(table[np.ix_(species, species)].max())
+    if not per.any():
+        return np.full(3, np.inf)
+    try:
+        full = _periodic_frame(cell, per, 0)
+    except ValueError:
+        return np.where(per, 0.0, np.inf)
+    volume = abs(np.linalg.det(full))
+    areas = np.array([np.linalg.norm(np.cross(full[(k + 1) % 3], full[(k + 2) % 3])) for k in range(3)])
+    return np.where(per, volume / areas, np.inf)
+
+
+def periodic_pairs(positions, cell, pbc, r_max: float, c_index=0):
+    """Every pair within ``r_max`` of one (partly) periodic config: (i, j, S, d), each pair once.
+
+    Convention of ``ase.neighborlist.neighbor_list``: ``D = r_j - r_i + S @ cell`` with the positions as
+    given; an atom and its own periodic images count (i == j, S != 0). Atoms are wrapped into the cell, the
+    cell is padded with the periodic images (ghosts) that lie within ``r_max`` of a face, and one cKDTree
+    over atoms + ghosts is queried from the atoms only (no ghost-ghost pairs): linear in N. A cell so small
+    or a cutoff so large that more than MAX_IMAGE_CELLS image cells or MAX_GHOSTS ghosts would be searched
+    raises ValueError naming the config and its heights.
+    """
+    positions = np.asarray(positions, dtype=float)
+    n = len(positions)
+    per = np.asarray(pbc, dtype=bool)
     full = _periodic_frame(cell, per, c_index)
     frac = positions @ np.linalg.inv(full)
     shift0 = np.where(per, np.floor(frac), 0.0)
     frac = frac - shift0
     # thickness of the padding, in fractional units, for each periodic direction
-    volume = abs(np.linalg.det(full))
-    widths = np.array([volume / np.linalg.norm(np.cross(full[(k + 1) % 3], full[(k + 2) % 3])) for k in range(3)])
-    pad = np.where(per, r_max / widths, 0.0)
-    reach = np.ceil(pad).astype(int)
+    heights = periodic_heights(full, per)
+    pad = np.where(per, r_max / np.where(per, heights, 1.0), 0.0)
+    reach = np.ceil(pad).astype(np.int64)
+    n_cells = int(np.prod(2 * reach + 1))
+    n_ghosts = n * float(np.prod(np.where(per, 1.0 + 2.0 * pad, 1.0)))
+    if n_cells > MAX_IMAGE_CELLS or n_ghosts > MAX_GHOSTS:
+        raise ValueError(
+            f"config {c_index}: periodic cell too small for a pair search within {r_max:.3g} Å: lattice-plane "
+            f"heights {np.round(heights[per], 4).tolist()} Å need {n_cells} image cells and ~{n_ghosts:.3g} image "
+            f"atoms (limits {MAX_IMAGE_CELLS} and {MAX_GHOSTS}); reject such cells at ingest (min_cell_height) "
+            "or check the cell's units")
     ranges = [np.arange(-reach[k], reach[k] + 1) for k in range(3)]
     images = np.stack(np.meshgrid(*ranges, indexing="ij"), -1).reshape(-1, 3)
     images = images[np.any(images != 0, axis=1)]
     atom_idx, img = [np.arange(n)], [np.zeros((n, 3), dtype=np.int64)]
-    for s in images:
-        g = frac + s
-        keep = np.all((g >= -pad) & (g < 1.0 + pad) | ~per, axis=1)
-        atom_idx.append(np.nonzero(keep)[0])
-        img.append(np.broadcast_to(s, (int(keep.sum()), 3)))
+    step = max(1, (1 << 20) // max(n, 1))  # images per chunk: ~1M atom-image candidates at a time
+    for k in range(0, len(images), step):
+        s = images[k:k + step]
+        g = frac[None, :, :] + s[:, None, :]
+        im, at = np.nonzero(np.all((g >= -pad) & (g < 1.0 + pad) | ~per, axis=2))
+        atom_idx.append(at)
+        img.append(s[im])
     atom_idx = np.concatenate(atom_idx)
     img = np.concatenate(img).astype(np.int64)
     pts = (frac[atom_idx] + img) @ full
-    pairs = cKDTree(pts).query_pairs(r_max, output_type="ndarray")
-    a, b = pairs[:, 0], pairs[:, 1]
-    a_orig, b_orig = a < n, b < n
-    keep = a_orig | b_orig
+    found = cKDTree(pts[:n]).sparse_distance_matrix(cKDTree(pts), r_max, output_type="ndarray")
+    a, b = found["i"].astype(np.int64), found["j"].astype(np.int64)
+    keep = a < b
     a, b = a[keep], b[keep]
     i, j = atom_idx[a], atom_idx[b]
     # image of j relative to i, in the frame of the wrapped positions, then of the positions as given
     S = img[b] - img[a] + (shift0[i] - shift0[j]).astype(np.int64)
     d = np.linalg.norm(pts[b] - pts[a], axis=1)
+    return i, j, S, d
+
+
+def _periodic_bonds(numbers, positions, cell, pbc, table, c_index=0):
+    """Bonds of one (partly) periodic config: i, j local, S (E, 3) int image shifts, each bond once
+    (pairs from :func:`periodic_pairs` within the largest cutoff of the species present)."""
+    z = numbers
+    species = np.unique(z)
+    r_max = float(table[np.ix_(species, species)].max())
+    i, j, S, d = periodic_pairs(positions, cell, pbc, r_max, c_index)
     ok = d <= table[z[i], z[j]]
     i, j, S = i[ok], j[ok], S[ok]
     # one row per bond: i < j (flip i > j), self-image bonds i == j with S and -S both kept

@@ -18,6 +18,7 @@ from scfdata.reference.molecules import (
     assign_molecules,
     assign_molecules_batch,
     molecules_from_key,
+    periodic_heights,
 )
 
 RNG = np.random.default_rng(7)
@@ -210,8 +211,10 @@ def _oracle_cases():
     tiny.pbc = [True, True, False]  # zero third vector in the open direction
     wire = Atoms("C6", positions=[[1.5 * k, 0.1 * k, 0] for k in range(6)], cell=[[9.0, 0.5, 0], [0, 0, 0],
                  [0, 0, 0]], pbc=[True, False, False])
+    thin = Atoms("OH", positions=[[0.1, 0.2, 0.3], [0.5, 0.4, 0.2]],
+                 cell=[[0.6, 0, 0], [0.2, 0.7, 0], [0.1, 0.1, 0.8]], pbc=True)  # heights ~0.5 Å: ~7^3 images
     return {"triclinic water": (box, 1.2), "Al slab": (slab, 1.2), "NaCl primitive": (nacl, 1.2),
-            "tiny 2D": (tiny, 1.2), "1D wire": (wire, 1.2), "water joined": (box, 3.0)}
+            "tiny 2D": (tiny, 1.2), "1D wire": (wire, 1.2), "water joined": (box, 3.0), "0.5 Å cell": (thin, 1.2)}
 
 
 @pytest.mark.parametrize("case", list(_oracle_cases()))
@@ -227,6 +230,43 @@ def test_periodic_bonds_equal_ase_neighbor_list(case):
     assert len(got) == len(i) and got == ref and len(ref) > 0
     D = a.positions[j] - a.positions[i] + S @ a.cell[:]
     assert np.all(np.linalg.norm(D, axis=1) <= table[z[i], z[j]] + 1e-12)
+
+
+@pytest.mark.parametrize("symbol,refused", [("O", True), ("H", False)])
+def test_degenerate_cell_is_bounded(symbol, refused):
+    """Issue 14: a 1-atom TTT frame in a 0.05 Å cube ran > 120 s and reached 17 GB. Now a cell that needs more
+    than MAX_IMAGE_CELLS image cells is refused in well under a second; one just below the cap (H: 31^3 cells)
+    finishes with the memory of its ~30,000 image atoms (no ghost-ghost pairs)."""
+    import time
+    import tracemalloc
+
+    a = Atoms(symbol, positions=[[0.01, 0.02, 0.03]], cell=np.eye(3) * 0.05, pbc=True)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        if refused:
+            with pytest.raises(ValueError, match=r"config 0: periodic cell too small .* heights \[0\.05, 0\.05, "
+                                                 r"0\.05\] Å need \d+ image cells"):
+                assign_molecules(a.numbers, a.positions, a.cell[:], a.pbc)
+        else:
+            r = assign_molecules(a.numbers, a.positions, a.cell[:], a.pbc)
+            assert r.extended.all() and r.n_molecules.tolist() == [1]  # bonded to its own images
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - t0 < 10 and peak < 200e6, (time.perf_counter() - t0, peak)
+
+
+def test_periodic_heights_of_bulk_slab_and_wire():
+    cell = np.array([[4.0, 0, 0], [1.0, 5.0, 0], [0.5, 0.5, 6.0]])
+    h = periodic_heights(cell, [True, True, True])
+    vol = abs(np.linalg.det(cell))
+    np.testing.assert_allclose(h, [vol / np.linalg.norm(np.cross(cell[1], cell[2])),
+                                   vol / np.linalg.norm(np.cross(cell[2], cell[0])), 6.0])
+    # slab: the 2D lattice's heights (area / other vector length), whatever the third vector
+    np.testing.assert_allclose(periodic_heights(cell, [True, True, False]), [20 / np.hypot(1, 5), 5.0, np.inf])
+    np.testing.assert_allclose(periodic_heights(cell, [True, False, False]), [4.0, np.inf, np.inf])
+    assert np.all(np.isinf(periodic_heights(cell, [False] * 3)))
 
 
 def test_nacl_crystal_is_extended_not_split():

@@ -1,21 +1,24 @@
-# index: count each dataset's frames once and plan the shards; ingest: one job per shard.
+# index: count each dataset's frames once, read their headers (the key mapping is checked there, before any
+# ingest job: a key typo stops the run) and plan the shards; ingest: one job per shard.
 
 
 rule index:
     input:
-        lambda wc: dataset(wc)["inputs"],
+        inputs=lambda wc: dataset(wc)["inputs"],
+        keys_from=lambda wc: [dataset(wc)["keys_from"]] if dataset(wc).get("keys_from") else [],
     output:
         "results/{ds}/index.json",
     params:
         shards=n_shards(),
         format=format_option,
+        settings=ingest_settings,
     log:
         log_file("index"),
     benchmark:
         bench_file("index")
     threads: 1
     shell:
-        "scfdata index {input:q} --shards {params.shards}"
+        "scfdata index {input.inputs:q} --shards {params.shards} --settings {params.settings:q}"
         " {params.format} -o {output:q} > {log:q} 2>&1"
 
 

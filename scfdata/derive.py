@@ -153,9 +153,11 @@ def derive_fields(cols: Columns, settings: dict) -> Derived:
     return _esp_and_field(cols, settings, with_fields=True).fragment(cols, "fields")
 
 
-def warm_up_esp_kernels() -> None:
-    """Compile (or load from numba's on-disk cache) every ESP kernel a shard job may call: point and
-    smeared multipoles up to l = 2, potential and field, open, 3D-periodic and slab boundaries."""
+def warm_up_esp_kernels(target: str, datasets: list[dict]) -> list[str]:
+    """Compile (or load from numba's on-disk cache) the ESP kernels the shard jobs of ``target`` (esps or
+    fields) will call, for each dataset's ``{"settings": ..., "mapped": [canonical names]}``: its smearing,
+    its max_l (0 for charges-only data), potential or field, open and periodic/slab boundaries. Returns
+    one line per combination compiled (numba compiles each combination separately: 2-16 s each)."""
     from .reference.esp import compute_esps
 
     pos = np.array([[0.0, 0.0, 0.0], [1.1, 0.2, 0.1], [0.3, 1.2, 0.4], [2.0, 2.0, 2.5]])
@@ -165,11 +167,26 @@ def warm_up_esp_kernels() -> None:
     ptr = np.array([0, 4, 8])
     cell = np.repeat(np.eye(3)[None] * 6.0, 2, axis=0)
     cell[1, 2, 2] = 20.0
-    for pbc, sigma, max_l, with_fields in itertools.product(
-            ([[False] * 3, [False] * 3], [[True] * 3, [True, True, False]]), (0.0, 0.7), (0, 1, 2), (False, True)):
-        compute_esps(np.vstack([pos, pos + 0.5]), mp[:, : (max_l + 1) ** 2], ptr, cell, np.array(pbc), max_l=max_l,
-                     smearing_width=sigma, self_interaction="exclude", boundary="auto", tolerance=1e-6,
-                     with_fields=with_fields)
+    combos = set()
+    for d in datasets:
+        if d["settings"].get("preset") is not None:  # graph-longrange (torch): nothing to compile here
+            continue
+        s = esp_settings(d["settings"])
+        multipoles = s["source"] == "multipoles" and {"atomic_multipoles", "atomic_dipoles"} & set(d["mapped"])
+        max_l = int(s["max_l"]) if multipoles else 0  # charges: the l = 0 potential (as derive_esps does)
+        combos.add((float(s["smearing_width"]), max_l, s["self_interaction"], s["boundary"], float(s["tolerance"])))
+    done = []
+    for (sigma, max_l, self_interaction, boundary), pbc in itertools.product(
+            sorted({c[:4] for c in combos}), ([[False] * 3, [False] * 3], [[True] * 3, [True, True, False]])):
+        if boundary == "realspace" and pbc[0][0]:
+            continue
+        tol = min(c[4] for c in combos if c[:4] == (sigma, max_l, self_interaction, boundary))
+        compute_esps(np.vstack([pos, pos + 0.5]), mp[:, : (max_l + 1) ** 2], ptr, cell, np.array(pbc),
+                     max_l=max_l, smearing_width=sigma, self_interaction=self_interaction, boundary=boundary,
+                     tolerance=tol, with_fields=target == "fields")
+        done.append(f"{target}: sigma {sigma}, max_l {max_l}, {self_interaction}, {boundary}, "
+                    f"pbc {'TTT+TTF' if pbc[0][0] else 'FFF'}")
+    return done
 
 
 def derive_dipoles(cols: Columns, settings: dict) -> Derived:

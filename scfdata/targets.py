@@ -54,7 +54,7 @@ class Target:
     settings_from: tuple[str, ...] = ()             # targets whose settings it shares (fields: esps)
     check: str = ""                                 # "module:function" (settings) -> settings
     presets: dict[str, Variant] = field(default_factory=dict)
-    warm_up: str = ""                               # "module:function" () compiling its kernels once
+    warm_up: str = ""                               # "module:function" (name, datasets) compiling kernels
     mapped_conflict: str = ""                       # advice when an output is mapped (then always an error)
 
     def defaults(self) -> dict:
@@ -214,13 +214,11 @@ def derive(name: str, cols, settings: dict):
     return _call(TARGETS[name].variant(settings).function)(cols, settings)
 
 
-def warm_up(names) -> list[str]:
-    """Compile the kernels of the given targets once (numba caches them on disk); returns what ran."""
-    done = []
-    for ref in dict.fromkeys(TARGETS[n].warm_up for n in names if TARGETS[n].warm_up):
-        _call(ref)()
-        done.append(ref)
-    return done
+def warm_up(name: str, datasets: list[dict]) -> list[str]:
+    """Compile the kernels target ``name`` will run once (numba caches them on disk), for the datasets that
+    derive it (``[{"settings": settings_of(...), "mapped": [names the keys map]}, ...]``); returns what ran."""
+    ref = TARGETS[name].warm_up
+    return _call(ref)(name, datasets) if ref else []
 
 
 def plan(reference: dict, mapped: set[str], where: str) -> tuple[list[str], dict[str, str]]:

@@ -29,8 +29,10 @@ def register(sub) -> None:
     p.add_argument("--settings", default="{}", help="JSON: the target's `reference.<target>` settings")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=run)
-    w = sub.add_parser("warm-up", help="compile the numba kernels of derived targets once (workflow step)")
-    w.add_argument("targets", nargs="+", choices=list(targets.TARGETS))
+    w = sub.add_parser("warm-up", help="compile a derived target's numba kernels once (workflow step)")
+    w.add_argument("target", choices=list(targets.TARGETS))
+    w.add_argument("--datasets", default="[]", help='JSON list: [{"settings": {...}, "mapped": [...]}, ...], '
+                   "one entry per dataset that derives the target")
     w.add_argument("-o", "--output", required=True, help="flag file written when done")
     w.set_defaults(func=run_warm_up)
 
@@ -94,11 +96,21 @@ def run(args) -> int:
 
 
 def run_warm_up(args) -> int:
+    import json
+
     t0 = time.perf_counter()
-    done = targets.warm_up(args.targets)
+    try:
+        datasets = json.loads(args.datasets)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--datasets: not valid JSON ({e.msg}); expected a JSON list of "
+                         '{"settings": {...}, "mapped": [...]}') from None
+    if not isinstance(datasets, list) or not all(isinstance(d, dict) and "settings" in d for d in datasets):
+        raise ValueError('--datasets: expected a JSON list of {"settings": {...}, "mapped": [...]}')
+    done = targets.warm_up(args.target, [{"mapped": [], **d} for d in datasets])
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(f"{ref}\n" for ref in done))
-    log.info("compiled (or loaded from numba's cache) %s in %.1f s", ", ".join(done) or "nothing",
-             time.perf_counter() - t0)
+    out.write_text("".join(f"{line}\n" for line in done))
+    for line in done:
+        log.info("compiled or loaded from numba's cache: %s", line)
+    log.info("%s: warm-up in %.1f s", args.target, time.perf_counter() - t0)
     return 0

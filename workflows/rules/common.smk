@@ -141,9 +141,12 @@ def _check_datasets():
 
 
 def _check_target_settings():
-    """Each derived target's settings as its engine checks them, and the packages a preset imports."""
-    for ds, (derived, _) in PLAN.items():
-        for t in derived:
+    """Each target's settings as its engine checks them (every target not switched off, derived for a
+    dataset or not: a bad setting is a bad config), and the packages a derived target's preset imports."""
+    for ds in DATASETS:
+        for t in targets.TARGETS:
+            if REFERENCE[ds][t].get("enabled") is False:
+                continue
             settings = targets.settings_of(t, REFERENCE[ds])
             block = f"datasets.{ds}: reference.{t}" if config["datasets"][ds].get("reference") else f"reference.{t}"
             try:
@@ -151,7 +154,7 @@ def _check_target_settings():
             except ValueError as e:
                 raise WorkflowError(f"config: {e}" + ("" if str(e).startswith("reference") else f" ({block})")) \
                     from None
-            missing = targets.missing_modules(t, settings)
+            missing = targets.missing_modules(t, settings) if t in derived(ds) else []
             if missing:
                 raise WorkflowError(
                     f"config: {block}: preset: {settings.get('preset')} (dataset {ds}) needs "
@@ -160,15 +163,15 @@ def _check_target_settings():
                 )
 
 
+def derived(ds):
+    """The targets derived for dataset ds, in dependency order."""
+    return PLAN[ds][0]
+
+
 _check_datasets()
 MAPPED = {}  # per dataset: the canonical names its keys map
 PLAN = _plan_datasets()
 _check_target_settings()
-
-
-def derived(ds):
-    """The targets derived for dataset ds, in dependency order."""
-    return PLAN[ds][0]
 
 
 # One thread per job (shard rules are single-threaded by design: parallelism comes from the shards).

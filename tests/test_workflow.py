@@ -151,7 +151,7 @@ def test_esps_change_reruns_only_its_dependants(run):
     expected = {"derive_esps", "assemble", "statistics_shard", "statistics", "report", "export_mace", "all"}
     if "fields" in DERIVERS:
         expected.add("derive_fields")  # fields use the esps settings
-    expected.add("warm_up")  # compiles the kernels of the new settings (ancient input: no other reruns)
+    expected.add("warm_up")  # one per dataset and target: compiles the kernels of the new settings
     assert set(jobs) == expected, jobs
     assert jobs["derive_esps"] == 4  # 2 datasets x 2 shards
     assert jobs["assemble"] == 2

@@ -5,6 +5,7 @@ the console, a per-dataset setting reaches only that dataset's jobs, and a confi
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -125,12 +126,12 @@ def test_a_per_dataset_setting_reaches_only_that_datasets_jobs(mixed):
     proc = _snakemake(work, cfg, "-n", "-p")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    esps_jobs = [block for block in out.split("\n\n") if "rule derive_esps:" in block or "derive esps" in block]
-    commands = [ln for ln in out.splitlines() if ln.startswith("scfdata derive esps") or
-                ln.startswith("scfdata derive fields")]
-    assert len(commands) == 4, commands  # esps and fields of dataset key, 2 shards each
+    commands = [ln for ln in out.splitlines() if "scfdata derive esps" in ln or "scfdata derive fields" in ln]
+    assert len(commands) == 4, commands  # esps and fields of dataset key, 2 shards each; nothing of mp
     assert all("results/key/" in c and '"smearing_width":0.5' in c for c in commands), commands
-    assert "results/mp/shards" not in "".join(esps_jobs)
+    jobs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", out.split("Job stats:")[1], re.M)}
+    assert jobs == {"warm_up": 2, "derive_esps": 2, "derive_fields": 2, "assemble": 1, "statistics_shard": 2,
+                    "statistics": 1, "report": 1, "all": 1, "total": 12}, jobs
 
 
 # -- mistakes stop the run before any job -----------------------------------------------------------

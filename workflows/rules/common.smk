@@ -266,10 +266,9 @@ def split_by_molecules(wildcards):
     return split.get("by") == "composition" and "molecules" in derived(wildcards.ds)
 
 
-def warm_up_datasets(target):
-    """JSON for `scfdata warm-up`: settings and mapped names of every dataset that derives the target."""
-    return _json([{"settings": targets.settings_of(target, REFERENCE[ds]), "mapped": MAPPED[ds]}
-                  for ds in DATASETS if target in derived(ds)])
+def warm_up_datasets(target, ds):
+    """JSON for `scfdata warm-up`: the dataset's settings of the target and the names its keys map."""
+    return _json([{"settings": targets.settings_of(target, REFERENCE[ds]), "mapped": MAPPED[ds]}])
 
 
 def reference_settings(wildcards):

@@ -2,19 +2,24 @@
 # per shard, each writing a fragment (the same configs, only the target's fields). A dataset runs only the
 # targets it derives (`enabled: auto` skips those its keys cannot supply). Settings are params per
 # dataset, so changing one block reruns only the jobs that read it (and what depends on them).
-# Targets with compiled kernels (numba) depend on one warm-up job that compiles them once per machine
-# (numba's on-disk cache), instead of every shard job compiling them at the same time.
+# Targets with compiled kernels (numba) have one warm-up job per dataset that compiles the kernels its
+# settings need, once per machine (numba's on-disk cache; the next dataset's warm-up loads them), before
+# that dataset's shard jobs, instead of every shard job compiling them at the same time. Its flag is a
+# plain input: it changes exactly when the dataset's settings of the target change, and then every shard
+# job of the target reruns anyway (an ancient() input would let Snakemake skip a params rerun).
 
-WARM_UP_FLAG = "results/.warm-up/{target}.done"
+WARM_UP_FLAG = "results/{ds}/warm-up/{target}.done"
 
 
 rule warm_up:
     output:
         WARM_UP_FLAG,
     params:
-        datasets=lambda wc: warm_up_datasets(wc.target),
+        datasets=lambda wc: warm_up_datasets(wc.target, wc.ds),
     log:
-        "results/.warm-up/{target}.log",
+        log_file("warm_up", "{target}"),
+    wildcard_constraints:
+        target="|".join(t.name for t in targets.TARGETS.values() if t.warm_up),
     threads: 1
     shell:
         "scfdata warm-up {wildcards.target} --datasets {params.datasets:q} -o {output:q} > {log:q} 2>&1"
@@ -28,8 +33,7 @@ for _t in targets.TARGETS.values():
         input:
             base=shard_file("base"),
             depends=[shard_file(d) for d in _t.depends],
-            # ancient: a new flag (a fresh results/.warm-up) must not make finished shards look outdated
-            warm_up=[ancient(WARM_UP_FLAG.format(target=_t.name))] if _t.warm_up else [],
+            warm_up=[WARM_UP_FLAG.replace("{target}", _t.name)] if _t.warm_up else [],
         output:
             shard_file(_t.name),
         params:

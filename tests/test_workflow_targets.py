@@ -237,6 +237,8 @@ def _fuzz_cases(tmp: Path):
         ("bad dataset name", {"datasets": {"a/b": ds}}, "datasets: 'a/b' does not match"),
         ("min_distance 1e9", d(validation={"min_distance": 1e9}), "datasets.w.validation.min_distance"),
         ("duplicate dataset name", dup, "key 'w' is given twice in one mapping"),
+        ("--set-scatter huge", (d(), "--set-scatter", "shard=1000000000"),
+         "--set-scatter shard=1000000000: expected 1 to 100000 shards"),
     ]
 
 
@@ -249,6 +251,8 @@ def test_config_fuzz_each_malformed_config_is_one_config_line(tmp_path):
             cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(tmp_path),
                    "--configfile", str(cfg), "-n"]
             return case, subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if isinstance(cfg, tuple):
+            return case, _snakemake(tmp_path, cfg[0], "-n", *cfg[1:])
         return case, _snakemake(tmp_path, cfg, "-n")
 
     failures = []

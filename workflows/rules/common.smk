@@ -95,6 +95,11 @@ validate(config, "../schemas/config.schema.yaml")
 scattergather:
     shard=config["shards"],
 
+_MAX_SHARDS = 100000  # the schema's bound on `shards`, also for --set-scatter
+if not 1 <= int(workflow._scatter.get("shard", 1)) <= _MAX_SHARDS:
+    raise WorkflowError(f"config: --set-scatter shard={workflow._scatter['shard']}: expected 1 to {_MAX_SHARDS} "
+                        "shards per dataset (aim for about 5,000 configs per shard)")
+
 DATASETS = list(config["datasets"])
 #: per dataset: every target's settings (defaults < reference.<t> < datasets.<ds>.reference.<t>)
 REFERENCE = {ds: targets.merged_reference(config["reference"], config["datasets"][ds].get("reference"))
@@ -307,13 +312,15 @@ def _last_line(path):
     return lines[-1] if lines else "(empty log)"
 
 
-def failed_jobs(snakemake_log):
-    """(rule, job log) of every failed job named in Snakemake's own log."""
-    try:
-        with open(snakemake_log, errors="replace") as fh:
-            text = fh.read()
-    except (OSError, TypeError):
-        return []
+def failed_jobs(snakemake_logs):
+    """(rule, job log) of every failed job named in Snakemake's own log(s) (a path or a list of paths)."""
+    text = ""
+    for path in [snakemake_logs] if isinstance(snakemake_logs, str) else list(snakemake_logs or []):
+        try:
+            with open(path, errors="replace") as fh:
+                text += fh.read()
+        except OSError:
+            pass
     out = []
     for block in re.split(r"\n(?=Error in rule )", text)[1:]:
         head = re.match(r"Error in rule (\S+?):", block)

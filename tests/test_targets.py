@@ -83,8 +83,11 @@ def test_schema_has_every_target_with_defaults_only_in_the_global_block():
     glob, per_ds = targets.reference_schema(True), targets.reference_schema(False)
     assert list(glob["properties"]) == list(TARGETS)
     assert glob["properties"]["esps"]["properties"]["tolerance"]["default"] == 1e-6
+
     def keys(d):
-        return set(d) | {k for v in d.values() if isinstance(v, dict) for k in keys(v)} if isinstance(d, dict) else set()
+        if not isinstance(d, dict):
+            return set()
+        return set(d) | {k for v in d.values() for k in keys(v)}
 
     assert "default" in keys(glob) and "default" not in keys(per_ds)
     v = jsonschema.Draft202012Validator(glob)

@@ -59,7 +59,8 @@ def _datasets(tmp: Path) -> dict:
     aims_cfg.write_text(yaml.safe_dump(WATER_CONFIG))
     return {
         # energies and forces only: the most common kind
-        "ef": {"inputs": [str(WATER)], "keys": {"info_keys": {"energy": "energy"}, "arrays_keys": {"forces": "forces"}}},
+        "ef": {"inputs": [str(WATER)],
+               "keys": {"info_keys": {"energy": "energy"}, "arrays_keys": {"forces": "forces"}}},
         # FHI-aims multipoles (l <= 2), MACE_SCF's own file and keys
         "mp": {"inputs": [str(DATA / "mace_scf_water_clusters_40.xyz")], "keys_from": str(aims_cfg)},
         # molecules from a mapped key that one frame lacks

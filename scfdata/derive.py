@@ -1,36 +1,42 @@
 """Derived targets of one shard: read columns, call the pure physics in scfdata.reference, return a
 fragment (the same configs, only the new fields, with masks and `derived_by` settings).
 
-One function per target; ``DERIVERS`` maps the workflow's target names onto them. Every function is
-vectorised over the shard's configs (one call into the physics, not a loop over configs), and masks a
-config (never zeroes a target) where its inputs are absent or the target has no meaning, with the
-reason counted in the fragment's provenance.
+This module holds the esps, fields and dipoles targets and what every target module shares
+(:class:`Derived`, the multipole source, the masks); scfdata/targets.py names each target's function.
+Every function is vectorised over the shard's configs (one call into the physics, not a loop over
+configs), and masks a config (never zeroes a target) where its inputs are absent or the target has no
+meaning, with the reason counted in ``Derived.masked``; facts that mask nothing go to ``Derived.notes``,
+and what deserves a warning about one config to ``Derived.warnings`` (config index -> text).
 """
 
 from __future__ import annotations
 
+import itertools
+import warnings
 from collections import Counter
-from collections.abc import Callable
 
 import numpy as np
 
 from .columns import Columns
 from .reference.esp import pbc_labels
+from .targets import TARGETS
 
 _BOUNDARY_OF_PBC = {"FFF": "realspace", "TTT": "pbc", "TTF": "slab"}
 
-ESPS_DEFAULTS = {"source": "multipoles", "max_l": 1, "smearing_width": 0.0, "self_interaction": "exclude",
-                 "boundary": "auto", "tolerance": 1e-6}
-DIPOLES_DEFAULTS = {"origin": "zero"}
-MOLECULES_DEFAULTS = {"source": "connectivity", "covalent_scale": 1.2, "centre": "geometric",
-                      "pair_overrides": None}
+ESPS_DEFAULTS = TARGETS["esps"].defaults()
+DIPOLES_DEFAULTS = TARGETS["dipoles"].defaults()
 
 
 class Derived:
-    """A fragment plus its provenance (settings and per-reason counts of masked configs)."""
+    """A fragment plus its provenance: ``masked`` (reason -> configs masked for it), ``notes`` (facts that
+    mask nothing, e.g. the dipole check) and ``warnings`` (config index in the shard -> one line)."""
 
-    def __init__(self, cols: Columns, derived_by: dict, notes: dict | None = None):
-        self.cols, self.derived_by, self.notes = cols, derived_by, notes or {}
+    def __init__(self, cols: Columns, derived_by: dict, masked: dict | None = None, notes: dict | None = None,
+                 warnings: dict[int, str] | None = None):
+        self.cols, self.derived_by = cols, derived_by
+        self.masked = {k: v for k, v in (masked or {}).items() if v}
+        self.notes = {k: v for k, v in (notes or {}).items() if v}
+        self.warnings = warnings or {}
 
 
 def _atom_mask(cols: Columns, per_config: np.ndarray) -> np.ndarray:
@@ -51,7 +57,8 @@ def _multipole_source(cols: Columns, settings: dict) -> tuple[np.ndarray, np.nda
     )
 
 
-def _esp_settings(settings: dict) -> dict:
+def esp_settings(settings: dict) -> dict:
+    """The explicit (no preset) esps/fields settings with their defaults; ValueError for a preset-only key."""
     if "kspace_cutoff" in settings:
         raise ValueError(
             "reference.esps.kspace_cutoff is a setting of preset: mace_scf only (scfdata's own engines choose "
@@ -76,14 +83,22 @@ def _external_field(cols: Columns) -> np.ndarray:
     return np.where(given[:, None], np.asarray(cols.configs["external_field"], float).reshape(-1, 3), 0.0)
 
 
+def charged_periodic(cols: Columns, mp: np.ndarray, live: np.ndarray) -> dict[int, str]:
+    """Config index -> warning, for live TTT configs with a net charge (a neutralising background is added)."""
+    q = np.add.reduceat(mp[:, 0], cols.atom_ptr[:-1]) if len(mp) else np.zeros(cols.n_configs)
+    q = np.where(cols.n_atoms > 0, q, 0.0)
+    hit = np.flatnonzero(live & (pbc_labels(cols.configs["pbc"]) == "TTT") & (np.abs(q) > 1e-8))
+    return {int(c): f"net charge {q[c]:.6g} e in a periodic (TTT) cell: a uniform neutralising background is "
+                    "added (zero cell-average potential)" for c in hit}
+
+
+_CHARGED_CELL_WARNING = r"config \d+ \(pbc\) carries a net charge"
+
+
 def _esp_and_field(cols: Columns, settings: dict, with_fields: bool):
     from .reference.esp import compute_esps
 
-    if settings.get("preset") is not None:
-        from .derive_esp_preset import preset_esp_and_field
-
-        return preset_esp_and_field(cols, settings, with_fields)
-    s = _esp_settings(settings)
+    s = esp_settings(settings)
     _refuse_mapped_input(cols, "fields" if with_fields else "esps")
     mp, present = _multipole_source(cols, s)
     # max_l is an upper bound: data with charges only give the l=0 potential (recorded in derived_by)
@@ -92,9 +107,10 @@ def _esp_and_field(cols: Columns, settings: dict, with_fields: bool):
     cls = pbc_labels(cols.configs["pbc"])
     ok_boundary = np.isin(cls, list(_BOUNDARY_OF_PBC)) if s["boundary"] == "auto" else np.ones(len(cls), bool)
     live = present & ok_boundary
-    notes = Counter({"no atomic_multipoles or charges in the config": int((~present).sum())})
+    masked = Counter({"no atomic_multipoles or charges in the config": int((~present).sum())})
     for c in np.unique(cls[present & ~ok_boundary]):
-        notes[f"pbc {c} has no ESP boundary (auto handles FFF, TTT, TTF)"] = int((cls[present] == c).sum())
+        masked[f"pbc {c} has no ESP boundary (auto handles FFF, TTT, TTF)"] = int((cls[present] == c).sum())
+    notes = {}
     if "external_field" in cols.configs:
         with_field = (_external_field(cols)[live] != 0).any(axis=1)
         notes["configs with an external field (not in this ESP: that of the multipoles only; "
@@ -105,24 +121,72 @@ def _esp_and_field(cols: Columns, settings: dict, with_fields: bool):
     if live.any():
         sub = cols.select(np.flatnonzero(live))
         a_live = _atom_mask(cols, live)
-        v, e = compute_esps(sub.atoms["positions"], mp[a_live], sub.atom_ptr, sub.configs["cell"],
-                            sub.configs["pbc"], with_fields=with_fields, **s)
+        with warnings.catch_warnings():  # said once per config, with its file and frame: charged_periodic
+            warnings.filterwarnings("ignore", message=_CHARGED_CELL_WARNING)
+            v, e = compute_esps(sub.atoms["positions"], mp[a_live], sub.atom_ptr, sub.configs["cell"],
+                                sub.configs["pbc"], with_fields=with_fields, **s)
         esps[a_live] = v
         if with_fields:
             fields[a_live] = e
-    return esps, fields, live, s, {k: v for k, v in notes.items() if v}
+    warn = charged_periodic(cols, mp, live) if s["boundary"] in ("auto", "pbc") else {}
+    return EspResult(esps, fields, live, s, masked, notes, warn)
+
+
+class EspResult:
+    """What an ESP engine (scfdata's own, or preset mace_scf) gives the esps and fields targets."""
+
+    def __init__(self, esps, fields, live, settings, masked, notes, warnings):
+        self.esps, self.fields, self.live, self.settings = esps, fields, live, settings
+        self.masked, self.notes, self.warnings = masked, notes, warnings
+
+    def fragment(self, cols: Columns, target: str) -> Derived:
+        values = self.fields if target == "fields" else self.esps
+        frag = Columns(n_atoms=cols.n_atoms, atoms={target: values}, masks={target: self.live})
+        return Derived(frag, {target: {"target": target, **self.settings}}, self.masked, self.notes, self.warnings)
 
 
 def derive_esps(cols: Columns, settings: dict) -> Derived:
-    esps, _, live, s, notes = _esp_and_field(cols, settings, with_fields=False)
-    frag = Columns(n_atoms=cols.n_atoms, atoms={"esps": esps}, masks={"esps": live})
-    return Derived(frag, {"esps": {"target": "esps", **s}}, notes)
+    return _esp_and_field(cols, settings, with_fields=False).fragment(cols, "esps")
 
 
 def derive_fields(cols: Columns, settings: dict) -> Derived:
-    _, fields, live, s, notes = _esp_and_field(cols, settings, with_fields=True)
-    frag = Columns(n_atoms=cols.n_atoms, atoms={"fields": fields}, masks={"fields": live})
-    return Derived(frag, {"fields": {"target": "fields", **s}}, notes)
+    return _esp_and_field(cols, settings, with_fields=True).fragment(cols, "fields")
+
+
+def warm_up_esp_kernels(target: str, datasets: list[dict]) -> list[str]:
+    """Compile (or load from numba's on-disk cache) the ESP kernels the shard jobs of ``target`` (esps or
+    fields) will call, for each dataset's ``{"settings": ..., "mapped": [canonical names]}``: its smearing,
+    its max_l (0 for charges-only data), potential or field, open and periodic/slab boundaries. Returns
+    one line per combination compiled (numba compiles each combination separately: 2-16 s each)."""
+    from .reference.esp import compute_esps
+
+    pos = np.array([[0.0, 0.0, 0.0], [1.1, 0.2, 0.1], [0.3, 1.2, 0.4], [2.0, 2.0, 2.5]])
+    mp = np.zeros((8, 9))
+    mp[:, 0] = [0.4, -0.4] * 4
+    mp[:, 1:4] = 0.05
+    ptr = np.array([0, 4, 8])
+    cell = np.repeat(np.eye(3)[None] * 6.0, 2, axis=0)
+    cell[1, 2, 2] = 20.0
+    combos = set()
+    for d in datasets:
+        if d["settings"].get("preset") is not None:  # graph-longrange (torch): nothing to compile here
+            continue
+        s = esp_settings(d["settings"])
+        multipoles = s["source"] == "multipoles" and {"atomic_multipoles", "atomic_dipoles"} & set(d["mapped"])
+        max_l = int(s["max_l"]) if multipoles else 0  # charges: the l = 0 potential (as derive_esps does)
+        combos.add((float(s["smearing_width"]), max_l, s["self_interaction"], s["boundary"], float(s["tolerance"])))
+    done = []
+    for (sigma, max_l, self_interaction, boundary), pbc in itertools.product(
+            sorted({c[:4] for c in combos}), ([[False] * 3, [False] * 3], [[True] * 3, [True, True, False]])):
+        if boundary == "realspace" and pbc[0][0]:
+            continue
+        tol = min(c[4] for c in combos if c[:4] == (sigma, max_l, self_interaction, boundary))
+        compute_esps(np.vstack([pos, pos + 0.5]), mp[:, : (max_l + 1) ** 2], ptr, cell, np.array(pbc),
+                     max_l=max_l, smearing_width=sigma, self_interaction=self_interaction, boundary=boundary,
+                     tolerance=tol, with_fields=target == "fields")
+        done.append(f"{target}: sigma {sigma}, max_l {max_l}, {self_interaction}, {boundary}, "
+                    f"pbc {'TTT+TTF' if pbc[0][0] else 'FFF'}")
+    return done
 
 
 def derive_dipoles(cols: Columns, settings: dict) -> Derived:
@@ -136,6 +200,8 @@ def derive_dipoles(cols: Columns, settings: dict) -> Derived:
     mu = compute_dipoles(cols.atoms["positions"], mp, cols.atom_ptr, masses=masses, origin=s["origin"])
     mask = present[:, None] & dipole_mask_from_pbc(cols.configs["pbc"]).astype(bool)
     notes = {}
+    masked = {"no atomic_multipoles or charges in the config": int((~present).sum()),
+              "pbc TTT (a dipole has no meaning in a 3D-periodic cell)": int((present & ~mask.any(axis=1)).sum())}
     charged = present & (np.abs(np.add.reduceat(mp[:, 0], cols.atom_ptr[:-1]) if len(mp) else 0) > 1e-6)
     if s["origin"] != "zero" or charged.any():
         notes["charged configs (their dipole depends on the origin)"] = int(charged.sum())
@@ -151,22 +217,4 @@ def derive_dipoles(cols: Columns, settings: dict) -> Derived:
             notes["max |mu_DFT - mu_multipoles| (e·Å)"] = float(norms.max())
     frag = Columns(n_atoms=cols.n_atoms, configs={"dipole_from_multipoles": mu},
                    masks={"dipole_from_multipoles": mask})
-    return Derived(frag, {"dipole_from_multipoles": {"target": "dipoles", **s}}, notes)
-
-
-DERIVERS: dict[str, Callable[[Columns, dict], Derived]] = {
-    "esps": derive_esps,
-    "fields": derive_fields,
-    "dipoles": derive_dipoles,
-}
-
-
-def register(name: str):
-    def deco(fn):
-        DERIVERS[name] = fn
-        return fn
-
-    return deco
-
-
-from . import derive_molecular  # noqa: E402,F401  (registers molecules, molecular_forces, cluster_virial)
+    return Derived(frag, {"dipole_from_multipoles": {"target": "dipoles", **s}}, masked, notes)

@@ -2,6 +2,8 @@
 :func:`scfdata.reference.mace_scf_preset.mace_scf_esps` (graph-longrange, imported when called).
 
 ``preset_settings`` is also called by the workflow's config check, so a bad preset stops before any job.
+The registry (scfdata/targets.py) chooses these functions for ``preset: mace_scf``; this module imports
+scfdata.derive's shared helpers, never the other way round.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from .columns import Columns
 from .derive import (
     _BOUNDARY_OF_PBC,
     ESPS_DEFAULTS,
+    Derived,
+    EspResult,
     _atom_mask,
     _external_field,
     _multipole_source,
@@ -78,11 +82,12 @@ def preset_esp_and_field(cols: Columns, settings: dict, with_fields: bool):
     has_cell = np.abs(np.linalg.det(cells)) > 1e-6 if len(cells) else np.zeros(0, bool)
     ok_boundary = np.isin(cls, list(_BOUNDARY_OF_PBC))
     live = present & ok_boundary & has_cell
-    notes = Counter({"no atomic_multipoles or charges in the config": int((~present).sum())})
+    masked = Counter({"no atomic_multipoles or charges in the config": int((~present).sum())})
     for c in np.unique(cls[present & ~ok_boundary]):
-        notes[f"pbc {c} has no MACE_SCF ESP (preset mace_scf handles FFF, TTT, TTF)"] = int((cls[present] == c).sum())
-    notes["configs without a cell (MACE_SCF evaluates clusters in their box; give them a cell)"] = int(
+        masked[f"pbc {c} has no MACE_SCF ESP (preset mace_scf handles FFF, TTT, TTF)"] = int((cls[present] == c).sum())
+    masked["configs without a cell (MACE_SCF evaluates clusters in their box; give them a cell)"] = int(
         (present & ok_boundary & ~has_cell).sum())
+    notes = Counter()
     n_atoms_total = int(cols.n_atoms.sum())
     esps = np.zeros(n_atoms_total)
     fields = np.zeros((n_atoms_total, 3))
@@ -113,4 +118,31 @@ def preset_esp_and_field(cols: Columns, settings: dict, with_fields: bool):
                       "TTF the same plus 4π k_e M_z z/V",
              external_field="+E·r" if ext is not None else "none",
              engine=f"graph-longrange {graph_longrange_version()}")
-    return esps, fields, live, s, {k: v for k, v in notes.items() if v}
+    return EspResult(esps, fields, live, s, masked, notes, {})
+
+
+def preset_esps(cols: Columns, settings: dict) -> Derived:
+    return preset_esp_and_field(cols, settings, with_fields=False).fragment(cols, "esps")
+
+
+def preset_fields(cols: Columns, settings: dict) -> Derived:
+    return preset_esp_and_field(cols, settings, with_fields=True).fragment(cols, "fields")
+
+
+def install_hint() -> str:
+    """The command that installs the preset's packages into this environment: an editable install of a
+    checkout names the checkout (`pip install 'scfdata[...]'` would look for scfdata on PyPI instead).
+    The extra is spelled `mace-scf`, the name pip < 24 finds in metadata that normalises extras (PEP 685)."""
+    import json
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        text = distribution("scfdata").read_text("direct_url.json")
+    except PackageNotFoundError:
+        text = None
+    url = json.loads(text).get("url", "") if text else ""
+    if url.startswith("file://") and (json.loads(text).get("dir_info") or {}).get("editable"):
+        from urllib.parse import unquote, urlparse
+
+        return f"pip install -U pip && pip install -e '{unquote(urlparse(url).path)}[mace-scf]'"
+    return "pip install -U pip && pip install 'scfdata[mace-scf]'"

@@ -218,3 +218,42 @@ def test_derived_target_never_silently_replaces_a_mapped_input(tmp_path, target,
     assert main(["derive", target, str(base), "-o", str(tmp_path / "out.h5")]) == 1
     err = capsys.readouterr().err
     assert f"`{target}` is mapped from the input files" in err and f"reference.{target}: {{enabled: false}}" in err
+
+
+# ------------------------------------------------------------------ provenance: masked vs notes; warnings
+def test_provenance_separates_masked_configs_from_notes(example_base):
+    out = derive(example_base, "dipoles")
+    with ScfdataFile(example_base) as b, ScfdataFile(out) as f:
+        n_ttt = int(b.read("pbc").all(1).sum())
+        prov = f.provenance
+        assert n_ttt > 0 and prov["masked"] == {"pbc TTT (a dipole has no meaning in a 3D-periodic cell)": n_ttt}
+        assert int((~f.mask("dipole_from_multipoles").any(1)).sum()) == n_ttt  # the count is what is masked
+        # the dipole check masks nothing: a note
+        assert prov["notes"]["configs with DFT and multipole dipoles"] > 0
+        assert not set(prov["notes"]) & set(prov["masked"])
+    with ScfdataFile(derive(example_base, "esps")) as f:
+        assert f.provenance["masked"] == {} and f.mask("esps").all()
+
+
+def test_charged_cell_warning_names_file_and_frame_once_per_config(tmp_path, caplog):
+    import ase
+
+    frames = [ase.Atoms("NaCl", positions=[[0, 0, 0], [2.5, 0, 0]], cell=np.eye(3) * 5.0, pbc=pbc)
+              for pbc in (False, True, True)]
+    charges = ([0.5, -0.5], [0.5, 0.2], [0.5, -0.5])  # frame 1: a net charge of 0.7 e in a periodic cell
+    for a, q in zip(frames, charges):
+        a.arrays["q"] = np.array(q)
+    src = tmp_path / "charged.extxyz"
+    import ase.io
+
+    ase.io.write(src, frames)
+    (tmp_path / "keys.yaml").write_text(json.dumps({"arrays_keys": {"charges": "q"}}))
+    base = tmp_path / "base.h5"
+    assert main(["ingest", str(src), "--keys", str(tmp_path / "keys.yaml"), "-o", str(base)]) == 0
+    for target in ("esps", "fields"):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="scfdata.derive"):
+            derive(base, target)
+        lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert lines == [f"{src} frame 1: net charge 0.7 e in a periodic (TTT) cell: a uniform neutralising "
+                         "background is added (zero cell-average potential)"], lines

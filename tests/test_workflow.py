@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import yaml
 
-from scfdata.derive import DERIVERS
 from scfdata.h5io import ScfdataFile
+from scfdata.targets import TARGETS as DERIVERS
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEFILE = REPO / "Snakefile"
@@ -36,12 +36,8 @@ def _available(target: str) -> bool:
 
 
 def _reference():
-    """Every target the package can derive is on (the others are switched off)."""
-    ref = {t: {"enabled": _available(t)} for t in TARGETS}
-    for t, deps in {"molecular_forces": ["molecules"], "cluster_virial": ["molecules", "molecular_forces"]}.items():
-        if not all(_available(d) for d in deps):
-            ref[t]["enabled"] = False
-    return ref
+    """Every target on where the dataset's keys supply its inputs (`enabled: auto`, the default)."""
+    return {t: {"enabled": "auto"} for t in TARGETS}
 
 
 def _config(**reference_overrides) -> dict:
@@ -155,6 +151,7 @@ def test_esps_change_reruns_only_its_dependants(run):
     expected = {"derive_esps", "assemble", "statistics_shard", "statistics", "report", "export_mace", "all"}
     if "fields" in DERIVERS:
         expected.add("derive_fields")  # fields use the esps settings
+    expected.add("warm_up")  # one per dataset and target: compiles the kernels of the new settings
     assert set(jobs) == expected, jobs
     assert jobs["derive_esps"] == 4  # 2 datasets x 2 shards
     assert jobs["assemble"] == 2
@@ -336,8 +333,8 @@ def test_esps_preset_without_graph_longrange_stops_before_any_job(tmp_path):
            "--configfile", str(_write(tmp_path / "cfg.yaml", cfg))]
     env = {**os.environ, "PYTHONPATH": str(hide)}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    _assert_stopped(proc, tmp_path, "config: reference.esps.preset: mace_scf", "graph_longrange cannot be imported",
-                    "pip install 'scfdata[mace_scf]'")
+    _assert_stopped(proc, tmp_path, "config: reference.esps: preset: mace_scf", "needs graph_longrange",
+                    "cannot be imported in this environment: install it with pip install -U pip && pip install")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("graph_longrange") is None, reason="graph-longrange not installed")

@@ -28,13 +28,13 @@ rule assemble:
     input:
         split="results/{ds}/split.npz",
         index="results/{ds}/index.json",
-        shards=lambda wc: [f for name in fragments() for f in gathered(name, wc.ds)],
+        shards=lambda wc: [f for name in fragments(wc.ds) for f in gathered(name, wc.ds)],
     output:
         manifest="results/{ds}/manifest.json",
         rejects="results/{ds}/rejects.tsv",
     params:
         shard_files=assemble_shard_files,
-        reference=reference_settings(),
+        reference=reference_settings,
         outdir="results/{ds}",
     log:
         log_file("assemble"),

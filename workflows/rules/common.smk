@@ -4,9 +4,13 @@ import json
 import os
 import re
 import shlex
+import sys
 
+import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
+
+from scfdata import targets
 
 
 # Snakemake merges a user's --configfile (and --config) INTO config/config.yaml. The bundled example's
@@ -33,19 +37,56 @@ def _schema_error(err):
     return f"config: {where}: {err.message}"
 
 
-def _check_schema(schema_path):
-    """Validate without defaults first, for a one-line error; then snakemake's validate fills defaults."""
-    import jsonschema
-    import yaml
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML loader that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
 
+
+def _no_duplicate_keys(loader, node, deep=False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise WorkflowError(
+                f"config: {node.start_mark.name} line {key_node.start_mark.line + 1}: key {key!r} is given twice "
+                f"in one mapping (first at line {seen[key] + 1}; YAML would keep only the last): rename or remove one"
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicate_keys)
+
+
+def _check_config_files():
+    """Duplicate keys (e.g. two datasets of one name) in config/config.yaml and every --configfile."""
+    files = [os.path.join(workflow.basedir, "config", "config.yaml"), *workflow.config_settings.configfiles]
+    for path in files:
+        if os.path.isfile(path):
+            with open(path) as fh:
+                yaml.load(fh, Loader=_UniqueKeyLoader)
+
+
+def _schema(schema_path):
+    """The config schema of workflows/schemas with the `reference` blocks from the target registry."""
     with open(schema_path) as fh:
         schema = yaml.safe_load(fh)
+    schema["properties"]["reference"] = targets.reference_schema(with_defaults=True)
+    schema["$defs"]["dataset"]["properties"]["reference"] = targets.reference_schema(with_defaults=False)
+    return schema
+
+
+def _check_schema(schema):
+    """Validate without defaults first, for a one-line error; then snakemake's validate fills defaults."""
+    import jsonschema
+
     err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
     if err is not None:
-        raise WorkflowError(_schema_error(err) + " (schema: workflows/schemas/config.schema.yaml)")
+        raise WorkflowError(_schema_error(err) + " (schema: workflows/schemas/config.schema.yaml and "
+                            "scfdata/targets.py)")
 
 
-_check_schema(os.path.join(workflow.basedir, "workflows/schemas/config.schema.yaml"))
+_check_config_files()
+_check_schema(_schema(os.path.join(workflow.basedir, "workflows/schemas/config.schema.yaml")))
 validate(config, "../schemas/config.schema.yaml")
 
 
@@ -54,30 +95,34 @@ validate(config, "../schemas/config.schema.yaml")
 scattergather:
     shard=config["shards"],
 
-#: Derived targets in dependency order, with the shard files each one reads (besides nothing else).
-TARGET_INPUTS = {
-    "molecules": ["base"],
-    "esps": ["base"],
-    "fields": ["base"],
-    "dipoles": ["base"],
-    "molecular_forces": ["base", "molecules"],
-    "cluster_virial": ["base", "molecules", "molecular_forces"],
-}
+_MAX_SHARDS = 100000  # the schema's bound on `shards`, also for --set-scatter
+if not 1 <= int(workflow._scatter.get("shard", 1)) <= _MAX_SHARDS:
+    raise WorkflowError(f"config: --set-scatter shard={workflow._scatter['shard']}: expected 1 to {_MAX_SHARDS} "
+                        "shards per dataset (aim for about 5,000 configs per shard)")
+
 DATASETS = list(config["datasets"])
-ENABLED = [t for t in TARGET_INPUTS if config["reference"][t]["enabled"]]
+#: per dataset: every target's settings (defaults < reference.<t> < datasets.<ds>.reference.<t>)
+REFERENCE = {ds: targets.merged_reference(config["reference"], config["datasets"][ds].get("reference"))
+             for ds in DATASETS}
 
 
-def _check_config():
-    """What JSON Schema cannot say, checked before any job runs."""
-    for t in ENABLED:
-        off = [d for d in TARGET_INPUTS[t] if d != "base" and d not in ENABLED]
-        if off:
-            raise WorkflowError(
-                f"config: reference.{t} is enabled but needs reference.{off[0]}, which is switched off; "
-                f"enable reference.{off[0]} or set reference.{t}.enabled: false"
-            )
+def _plan_datasets():
+    """Per dataset: (targets derived, {skipped target: reason}), from what its keys map."""
     from scfdata.keys import mapping_for_dataset
 
+    out = {}
+    for name, ds in config["datasets"].items():
+        where = f"datasets.{name}"
+        try:
+            MAPPED[name] = sorted({n for n, _, _ in mapping_for_dataset(ds, where=where).items()})
+            out[name] = targets.plan(REFERENCE[name], set(MAPPED[name]), where)
+        except ValueError as e:
+            raise WorkflowError(f"config: {e}") from None
+    return out
+
+
+def _check_datasets():
+    """What JSON Schema cannot say about a dataset block, checked before any job runs."""
     for name, ds in config["datasets"].items():
         where = f"datasets.{name}"
         missing = [p for p in ds["inputs"] if not os.path.isfile(p)]
@@ -86,51 +131,53 @@ def _check_config():
                 f"config: {where}.inputs: file not found: {', '.join(missing)} "
                 f"(paths are relative to the working directory {os.getcwd()})"
             )
+        real = [os.path.realpath(p) for p in ds["inputs"]]
+        twice = sorted({p for p, r in zip(ds["inputs"], real) if real.count(r) > 1})
+        if twice:
+            raise WorkflowError(f"config: {where}.inputs: {twice[0]} is listed twice (every frame would be "
+                                "in the dataset twice): list each file once")
         if bool(ds.get("keys")) == bool(ds.get("keys_from")):
             raise WorkflowError(f"config: {where}: give exactly one of `keys` or `keys_from`")
         if ds.get("keys_from") and not os.path.isfile(ds["keys_from"]):
             raise WorkflowError(f"config: {where}.keys_from: file not found: {ds['keys_from']}")
-        try:
-            mapping_for_dataset(ds, where=where)
-        except ValueError as e:
-            raise WorkflowError(f"config: {e}") from None
         split = ds.get("split") or {}
         if split.get("valid_fraction", 0) + split.get("test_fraction", 0) > 1:
             raise WorkflowError(f"config: {where}.split: valid_fraction + test_fraction must be <= 1")
-    _check_esps_preset()
 
 
-def _check_esps_preset():
-    """reference.esps settings (used by esps and fields) the derive step would refuse, and, with
-    preset: mace_scf, the packages the preset imports (graph-longrange, which imports mace)."""
-    esps = config["reference"]["esps"]
-    users = [t for t in ("esps", "fields") if t in ENABLED]
-    if not users:
-        return
-    import importlib.util
-
-    from scfdata.derive import _esp_settings
-
-    try:
-        if esps.get("preset") is None:
-            _esp_settings(esps)
-            return
-        from scfdata.derive_esp_preset import preset_settings  # imports torch: only with a preset
-
-        preset_settings(esps)
-    except ValueError as e:
-        raise WorkflowError(f"config: {e}") from None
-    from scfdata.reference.mace_scf_preset import INSTALL_HINT
-    missing = [m for m in ("graph_longrange", "mace") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise WorkflowError(
-            f"config: reference.esps.preset: mace_scf (used by {' and '.join(users)}) computes the ESP with "
-            f"graph-longrange (MACE_SCF's electrostatics), but {' and '.join(missing)} cannot be imported in this "
-            f"environment: {INSTALL_HINT}, or remove `preset` from reference.esps"
-        )
+def _check_target_settings():
+    """Each target's settings as its engine checks them (every target not switched off, derived for a
+    dataset or not: a bad setting is a bad config), and the packages a derived target's preset imports."""
+    for ds in DATASETS:
+        for t in targets.TARGETS:
+            if REFERENCE[ds][t].get("enabled") is False:
+                continue
+            settings = targets.settings_of(t, REFERENCE[ds])
+            block = f"datasets.{ds}: reference.{t}" if config["datasets"][ds].get("reference") else f"reference.{t}"
+            try:
+                targets.check_settings(t, settings)
+            except ValueError as e:
+                raise WorkflowError(f"config: {e}" + ("" if str(e).startswith("reference") else f" ({block})")) \
+                    from None
+            missing = targets.missing_modules(t, settings) if t in derived(ds) else []
+            if missing:
+                raise WorkflowError(
+                    f"config: {block}: preset: {settings.get('preset')} (dataset {ds}) needs "
+                    f"{' and '.join(missing)}, which cannot be imported in this environment: install it with "
+                    f"{targets.install_hint(t, settings)}, or remove `preset`"
+                )
 
 
-_check_config()
+def derived(ds):
+    """The targets derived for dataset ds, in dependency order."""
+    return PLAN[ds][0]
+
+
+_check_datasets()
+MAPPED = {}  # per dataset: the canonical names its keys map
+PLAN = _plan_datasets()
+_check_target_settings()
+
 
 # One thread per job (shard rules are single-threaded by design: parallelism comes from the shards).
 shell.prefix("set -euo pipefail; export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1; ")
@@ -174,14 +221,14 @@ def gathered(name, ds, ext="h5"):
     return gather.shard(shard_file(name, ext).replace("{ds}", ds))
 
 
-def fragments():
-    """Files per shard that assemble merges: base first, then every enabled target."""
-    return ["base"] + ENABLED
+def fragments(ds):
+    """Files per shard of dataset ds that assemble merges: base first, then every derived target."""
+    return ["base"] + derived(ds)
 
 
 def assemble_shard_files(wildcards):
     """One argument per shard for `scfdata assemble --shard-files`: base,fragment,... comma-separated."""
-    per_shard = [gathered(name, wildcards.ds) for name in fragments()]
+    per_shard = [gathered(name, wildcards.ds) for name in fragments(wildcards.ds)]
     return [",".join(files) for files in zip(*per_shard)]
 
 
@@ -208,12 +255,8 @@ def ingest_settings(wildcards):
 
 
 def target_settings(target):
-    """The reference block of a target without `enabled`; fields share the esps settings."""
-    block = dict(config["reference"][target])
-    if target == "fields":
-        block = {**config["reference"]["esps"], **block}
-    block.pop("enabled", None)
-    return _json(block)
+    """params function: the settings of `target` for the job's dataset (a change reruns only its jobs)."""
+    return lambda wildcards: _json(targets.settings_of(target, REFERENCE[wildcards.ds]))
 
 
 def split_settings(wildcards):
@@ -225,11 +268,24 @@ def split_settings(wildcards):
 
 def split_by_molecules(wildcards):
     split = dataset(wildcards).get("split") or {}
-    return split.get("by") == "composition" and "molecules" in ENABLED
+    return split.get("by") == "composition" and "molecules" in derived(wildcards.ds)
 
 
-def reference_settings():
-    return _json({t: config["reference"][t] for t in TARGET_INPUTS})
+def warm_up_datasets(target, ds):
+    """JSON for `scfdata warm-up`: the dataset's settings of the target and the names its keys map."""
+    return _json([{"settings": targets.settings_of(target, REFERENCE[ds]), "mapped": MAPPED[ds]}])
+
+
+def reference_settings(wildcards):
+    """The dataset's reference settings for its provenance: per target its settings and either
+    `derived: true` or `derived: false` with `skipped` (the reason: report.md and `scfdata inspect` show it)."""
+    ds = wildcards.ds
+    out = {}
+    for t in targets.TARGETS:
+        out[t] = {**REFERENCE[ds][t], "derived": t in derived(ds)}
+        if t in PLAN[ds][1]:
+            out[t]["skipped"] = PLAN[ds][1][t]
+    return _json(out)
 
 
 def all_outputs():
@@ -241,3 +297,63 @@ def all_outputs():
             out += [f for split in SPLIT_FILES for f in gather.shard(
                 f"results/{ds}/mace/.done/{split}-{{scatteritem}}")]
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# the console: a failed job's reason, and one table per run
+# --------------------------------------------------------------------------------------------------
+def _last_line(path):
+    """The last non-empty line of a job's log (the CLI's one-line error), or why there is none."""
+    try:
+        with open(path, errors="replace") as fh:
+            lines = [ln.strip() for ln in fh.read()[-20000:].splitlines() if ln.strip()]
+    except OSError:
+        return "(no log written)"
+    return lines[-1] if lines else "(empty log)"
+
+
+def failed_jobs(snakemake_logs):
+    """(rule, job log) of every failed job named in Snakemake's own log(s) (a path or a list of paths)."""
+    text = ""
+    for path in [snakemake_logs] if isinstance(snakemake_logs, str) else list(snakemake_logs or []):
+        try:
+            with open(path, errors="replace") as fh:
+                text += fh.read()
+        except OSError:
+            pass
+    out = []
+    for block in re.split(r"\n(?=Error in rule )", text)[1:]:
+        head = re.match(r"Error in rule (\S+?):", block)
+        log_path = re.search(r"^\s+log: (.+?)(?: \(check log file|$)", block, re.M)
+        if head and log_path:
+            out += [(head.group(1), p) for p in log_path.group(1).split(", ")]
+    return list(dict.fromkeys(out))
+
+
+def run_table():
+    """One row per dataset with a manifest: configs in / written / rejected / flagged and split counts."""
+    rows = [["dataset", "in", "written", "rejected", "flagged", "train", "valid", "test"]]
+    for ds in DATASETS:
+        path = os.path.join("results", ds, "manifest.json")
+        if not os.path.isfile(path):
+            continue
+        with open(path) as fh:
+            man = json.load(fh)
+        flagged = man.get("flagged", sum((man.get("flags") or {}).values()) if "flags" in man else "-")
+        splits = man.get("splits") or {}
+        rows.append([ds, man.get("configs_in", "-"), man.get("written", "-"), man.get("rejected", "-"), flagged,
+                     *((splits.get(s) or {}).get("n_configs", 0) for s in ("train", "valid", "test"))])
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in
+                               enumerate(zip(r, widths))) for r in rows) if len(rows) > 1 else ""
+
+
+onerror:
+    for rule_name, job_log in failed_jobs(log):
+        print(f"scfdata: {rule_name} failed ({job_log}): {_last_line(job_log)}", file=sys.stderr)
+
+
+onsuccess:
+    table = run_table()
+    if table:
+        print("\nscfdata: per dataset (configs)\n" + table, file=sys.stderr)

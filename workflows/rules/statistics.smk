@@ -4,7 +4,7 @@
 rule statistics_shard:
     input:
         split="results/{ds}/split.npz",
-        files=lambda wc: [shard_file(name) for name in fragments()],
+        files=lambda wc: [shard_file(name) for name in fragments(wc.ds)],
     output:
         shard_file("statistics", "json"),
     params:

@@ -5,7 +5,8 @@ Two targets:
 - **MACE's HDF5 layout** (``config_batch_0/config_j/...``): :func:`mace_block` turns a
   :class:`~scfdata.columns.Columns` block into a :class:`MaceBlock` (per-config slices of every
   property, under the names MACE_SCF's loader reads, with the property weight 0 where a target is
-  absent); :mod:`scfdata.h5io_mace` writes it.
+  absent, and "None" with weight 0 for every property MACE reads itself that the block lacks, so that
+  MACE's reader never fills its default weight 1.0); :mod:`scfdata.h5io_mace` writes it.
 - **extxyz**: :func:`extxyz_text` formats a block as frames whose derived fields are ``atoms.arrays`` /
   ``atoms.info`` keys (names configurable), with every float written in its shortest exact form, so
   ``scfdata ingest`` with :func:`heads_config`'s key mapping reads back identical arrays.
@@ -32,7 +33,9 @@ MACE_NAMES = {"esps": "electrostatic_potentials", "molecule": "molID"}
 #: Properties MACE's ``AtomicData.from_config`` reads itself, replacing an absent one ("None") with a
 #: default. Every other property reaches the batch through MACE's pass-through, which drops a "None"
 #: value so that batches mixing configs with and without it cannot be collated: those are written
-#: always (their stored values, zeros where absent) with property weight 0 where absent.
+#: always (their stored values, zeros where absent) with property weight 0 where absent. MACE fills
+#: weight 1.0 for a missing energy, forces, stress, virials, dipole, charges or polarizability weight:
+#: a property of this set that the block lacks is written as "None" with weight 0.
 MACE_NONE_OK = {"energy", "forces", "stress", "virials", "dipole", "charges", "polarizability", "total_charge",
                 "total_spin", "elec_temp", "fermi_level", "external_field", "density_coefficients"}
 
@@ -318,6 +321,11 @@ def mace_block(cols: Columns, head: str = "Default", renames: dict[str, str] | N
         blk.properties[out] = (values, _level_ptr(cols, f.level))
         blk.present[out] = present(cols, nm) if out in MACE_NONE_OK else np.ones(n, dtype=bool)
         blk.property_weights[out] = property_weight(cols, nm)
+    # what MACE knows and the block lacks: "None" values, weight 0 (never MACE's default weight 1.0)
+    for out in sorted(MACE_NONE_OK - set(blk.properties)):
+        blk.properties[out] = (np.zeros(n), None)
+        blk.present[out] = np.zeros(n, dtype=bool)
+        blk.property_weights[out] = np.zeros(n)
     return blk
 
 

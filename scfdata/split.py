@@ -214,6 +214,19 @@ def elements_missing_from_train(labels: np.ndarray, config_elements: np.ndarray,
             for j, z in enumerate(atomic_numbers) if not held[TRAIN, j] and held[1:, j].any()}
 
 
+def missing_elements_text(missing: dict[str, list[str]]) -> str:
+    """``C (in valid and test); Na (in test)``."""
+    return "; ".join(f"{el} (in {' and '.join(splits)})" for el, splits in missing.items())
+
+
+def missing_elements_message(missing: dict[str, list[str]], by: str) -> str:
+    """One line naming each element that valid/test hold and train lacks."""
+    return (f"train holds no config with {missing_elements_text(missing)}: a model trained on it never sees "
+            f"{'this element' if len(missing) == 1 else 'these elements'}; no split with every element in train "
+            f"reaches the valid/test fractions with `by: {by}`: lower valid_fraction/test_fraction"
+            + ("" if by == "random" else ", or split `by: random`") + ", or add configs with these elements")
+
+
 class GroupIds:
     """Maps group names (strings) of every shard onto global integer ids; ids follow sorted names, so
     the assignment does not depend on the shard order in which names are first seen."""

@@ -15,6 +15,7 @@ from ..split import (
     config_formulas,
     element_counts,
     elements_missing_from_train,
+    missing_elements_message,
     molecule_set_keys,
     write_split,
 )
@@ -78,15 +79,6 @@ def _elements(shards: list[str], sizes: list[int]) -> tuple[list[int], list[np.n
         present[:, np.searchsorted(zs, z_shard)] = counts > 0
         out.append(present)
     return zs, out
-
-
-def missing_elements_message(missing: dict[str, list[str]], by: str) -> str:
-    """One line naming each element that valid/test hold and train lacks."""
-    where = "; ".join(f"{el} (in {' and '.join(splits)})" for el, splits in missing.items())
-    return (f"train holds no config with {where}: a model trained on it never sees "
-            f"{'this element' if len(missing) == 1 else 'these elements'}; no split with every element in train "
-            f"reaches the valid/test fractions with `by: {by}`: lower valid_fraction/test_fraction"
-            + ("" if by == "random" else ", or split `by: random`") + ", or add configs with these elements")
 
 
 def run(args) -> int:

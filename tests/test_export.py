@@ -357,3 +357,31 @@ def test_more_shards_than_configs_writes_only_the_shards_with_configs(mixed, tmp
     check_mace_file(split, [out / "test" / f"test_{k}.h5" for k in range(5)],
                     {n: n for n in ("energy", "forces", "stress", "total_charge", "charges", "dipole",
                                     "polarizability", "fermi_level")})
+
+
+def test_mace_statistics_name_undetermined_e0_and_take_supplied_ones(water, tmp_path, caplog):
+    """Water clusters only: H and O always 2:1, so MACE's E0 least squares (no rank check) would be
+    silently arbitrary; the export names them, and supplied E0s fix them."""
+    with ScfdataFile(water) as f:
+        z, ptr = f.read("numbers"), f.atom_ptr
+    n_h = np.add.reduceat((z == 1).astype(float), ptr[:-1])
+    n_o = np.add.reduceat((z == 8).astype(float), ptr[:-1])
+    neutral = np.flatnonzero(n_h == 2 * n_o)
+    assert len(neutral) >= 5
+    cols, _ = read_columns(water, neutral)
+    src = write_columns(tmp_path / "train.h5", cols)
+    with caplog.at_level("WARNING"):
+        assert main(["export", str(src), "--format", "mace", "-o", str(tmp_path / "a"), "--r-max", "3.0"]) == 0
+    stats = json.loads((tmp_path / "a" / "statistics.json").read_text())
+    assert stats["e0"]["undetermined_elements"] == ["H", "O"] and stats["e0"]["rank"] == 1
+    assert len(stats["warnings"]) == 1 and "E0 of H, O is not determined" in stats["warnings"][0]
+    assert any("E0 of H, O is not determined" in r.getMessage() for r in caplog.records)
+    assert main(["export", str(src), "--format", "mace", "-o", str(tmp_path / "b"), "--r-max", "3.0",
+                 "--e0", '{"H": -13.6}']) == 0
+    stats = json.loads((tmp_path / "b" / "statistics.json").read_text())
+    assert stats["warnings"] == [] and stats["atomic_energies"]["1"] == -13.6
+    e = cols.configs["energy"]
+    e_o = np.linalg.lstsq(n_o[neutral, None], e - n_h[neutral] * -13.6, rcond=None)[0][0]
+    assert stats["atomic_energies"]["8"] == pytest.approx(e_o, rel=1e-12)
+    mace = json.loads((tmp_path / "b" / "statistics_mace.json").read_text())
+    assert mace["atomic_energies"] == str({1: -13.6, 8: stats["atomic_energies"]["8"]})

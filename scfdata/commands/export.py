@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,8 @@ import yaml
 from .. import export as ex
 from ..h5io import ScfdataFile, read_columns
 from ..h5io_mace import write_mace_file
+from ..statistics import UnderdeterminedWarning
+from .statistics import E0_HELP, read_e0_option
 
 log = logging.getLogger("scfdata.export")
 
@@ -50,6 +53,7 @@ def register(sub) -> None:
     p.add_argument("--head", default="Default", help="MACE head name written with every config")
     p.add_argument("--r-max", type=float, default=5.0, help="cutoff for avg_num_neighbors in statistics")
     p.add_argument("--no-statistics", action="store_true", help="do not write statistics.json")
+    p.add_argument("--e0", default=None, help="statistics.json: " + E0_HELP)
     p.add_argument("--keys-out", default=None, help="extxyz: write the MACE_SCF heads config here")
     p.set_defaults(func=run)
 
@@ -112,12 +116,17 @@ def check_arguments(args, src: Path, n_configs: int) -> None:
                              "output location")
 
 
-def statistics(path) -> dict:
-    """statistics.json content (plain numbers) for a whole scfdata file."""
-    with ScfdataFile(path) as f:
+def statistics(path, e0: dict | None = None) -> dict:
+    """statistics.json content (plain numbers) for a whole scfdata file; an under-determined E0 fit is
+    logged as a warning (and listed under ``warnings``)."""
+    with ScfdataFile(path) as f, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnderdeterminedWarning)
         e = np.asarray(f.read("energy")) if f.has("energy") else np.zeros(f.n_configs)
-        stats = ex.energy_statistics(e, np.asarray(f.read("numbers")), f.atom_ptr, f.mask("energy"))
+        stats = ex.energy_statistics(e, np.asarray(f.read("numbers")), f.atom_ptr, f.mask("energy"), e0=e0)
         stats["n_configs"] = f.n_configs
+    stats["warnings"] = [str(w.message) for w in caught if issubclass(w.category, UnderdeterminedWarning)]
+    for w in stats["warnings"]:
+        log.warning("%s: %s", path, w)
     return stats
 
 
@@ -155,7 +164,7 @@ def run(args) -> int:
             write_mace_file(target, blocks)
             done += len(rows)
         if split == "train" and not args.no_statistics and (args.shard in (None, 0)):
-            stats = statistics(src)
+            stats = statistics(src, read_e0_option(args.e0))
             with ScfdataFile(src) as f:
                 stats["avg_num_neighbors"] = ex.avg_num_neighbors(
                     np.asarray(f.read("positions")), np.asarray(f.read("cell")), np.asarray(f.read("pbc")),

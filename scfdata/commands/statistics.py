@@ -36,9 +36,7 @@ def register(sub) -> None:
     p = sub.add_parser("statistics", help="merge shard sums into statistics.json (workflow step)")
     p.add_argument("sums", nargs="+", help="sums JSON files from `scfdata statistics-shard`")
     p.add_argument("--dataset", default=None)
-    p.add_argument("--e0", default=None,
-                   help="supplied E0s (eV), a JSON object or a JSON file: '{\"H\": -13.6, \"O\": -432.1}' "
-                        "(element symbols or atomic numbers); they take precedence over the least squares")
+    p.add_argument("--e0", default=None, help=E0_HELP)
     p.add_argument("-o", "--output", required=True, help="statistics JSON")
     p.set_defaults(func=run_merge)
 
@@ -128,13 +126,22 @@ def run_shard(args) -> int:
     return 0
 
 
+E0_HELP = ("supplied E0s (eV), a JSON object or a JSON file: '{\"H\": -13.6, \"O\": -432.1}' (element "
+           "symbols or atomic numbers); they take precedence over the least squares")
+
+
+def read_e0_option(text: str | None) -> dict | None:
+    """The ``--e0`` option: a JSON object, or the path of a file holding one."""
+    if text is None:
+        return None
+    what = 'supplied E0s in eV, a JSON object such as {"H": -13.6}'
+    return json_file(text, what) if Path(text).is_file() else json_option(text, "--e0", what)
+
+
 def run_merge(args) -> int:
     parts = [json_file(p, "the sums JSON written by `scfdata statistics-shard`") for p in args.sums]
     subsets = sorted({p.get("subset", "all") for p in parts})
-    e0 = None
-    if args.e0 is not None:
-        what = 'supplied E0s in eV, a JSON object such as {"H": -13.6}'
-        e0 = json_file(args.e0, what) if Path(args.e0).is_file() else json_option(args.e0, "--e0", what)
+    e0 = read_e0_option(args.e0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         stats = finalize(merge(parts), e0=e0)

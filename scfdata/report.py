@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from ase.data import chemical_symbols
+from ase.data import atomic_numbers, chemical_symbols
 
 from . import fields
 from .h5io import ScfdataFile
@@ -165,8 +165,8 @@ def _split_lines(report: dict) -> list[str]:
     if missing:
         lines += [f"> warning: train holds no config with {missing_elements_text(missing)}: a model trained on it "
                   "never sees " + ("this element." if len(missing) == 1 else "these elements."), ""]
-    lines += _md_table(["element", *SPLIT_NAMES], [[el, *(c[s] for s in SPLIT_NAMES)]
-                                                   for el, c in report["per_element"].items()])
+    by_z = sorted(report["per_element"].items(), key=lambda kv: atomic_numbers.get(kv[0], 0))  # (JSON sorts keys)
+    lines += _md_table(["element", *SPLIT_NAMES], [[el, *(c[s] for s in SPLIT_NAMES)] for el, c in by_z])
     lines += _md_table(["config_type", *SPLIT_NAMES], [[f"`{t}`", *(c[s] for s in SPLIT_NAMES)]
                                                        for t, c in report["per_config_type"].items()])
     return lines

@@ -5,7 +5,8 @@ Two targets:
 - **MACE's HDF5 layout** (``config_batch_0/config_j/...``): :func:`mace_block` turns a
   :class:`~scfdata.columns.Columns` block into a :class:`MaceBlock` (per-config slices of every
   property, under the names MACE_SCF's loader reads, with the property weight 0 where a target is
-  absent); :mod:`scfdata.h5io_mace` writes it.
+  absent, and "None" with weight 0 for every property MACE reads itself that the block lacks, so that
+  MACE's reader never fills its default weight 1.0); :mod:`scfdata.h5io_mace` writes it.
 - **extxyz**: :func:`extxyz_text` formats a block as frames whose derived fields are ``atoms.arrays`` /
   ``atoms.info`` keys (names configurable), with every float written in its shortest exact form, so
   ``scfdata ingest`` with :func:`heads_config`'s key mapping reads back identical arrays.
@@ -32,7 +33,9 @@ MACE_NAMES = {"esps": "electrostatic_potentials", "molecule": "molID"}
 #: Properties MACE's ``AtomicData.from_config`` reads itself, replacing an absent one ("None") with a
 #: default. Every other property reaches the batch through MACE's pass-through, which drops a "None"
 #: value so that batches mixing configs with and without it cannot be collated: those are written
-#: always (their stored values, zeros where absent) with property weight 0 where absent.
+#: always (their stored values, zeros where absent) with property weight 0 where absent. MACE fills
+#: weight 1.0 for a missing energy, forces, stress, virials, dipole, charges or polarizability weight:
+#: a property of this set that the block lacks is written as "None" with weight 0.
 MACE_NONE_OK = {"energy", "forces", "stress", "virials", "dipole", "charges", "polarizability", "total_charge",
                 "total_spin", "elec_temp", "fermi_level", "external_field", "density_coefficients"}
 
@@ -318,6 +321,11 @@ def mace_block(cols: Columns, head: str = "Default", renames: dict[str, str] | N
         blk.properties[out] = (values, _level_ptr(cols, f.level))
         blk.present[out] = present(cols, nm) if out in MACE_NONE_OK else np.ones(n, dtype=bool)
         blk.property_weights[out] = property_weight(cols, nm)
+    # what MACE knows and the block lacks: "None" values, weight 0 (never MACE's default weight 1.0)
+    for out in sorted(MACE_NONE_OK - set(blk.properties)):
+        blk.properties[out] = (np.zeros(n), None)
+        blk.present[out] = np.zeros(n, dtype=bool)
+        blk.property_weights[out] = np.zeros(n)
     return blk
 
 
@@ -327,31 +335,34 @@ def mace_block(cols: Columns, head: str = "Default", renames: dict[str, str] | N
 
 
 def energy_statistics(energy: np.ndarray, numbers: np.ndarray, atom_ptr: np.ndarray,
-                      mask: np.ndarray) -> dict:
-    """E0s by least squares over the configs with an energy, and mean/std of the per-atom remainder.
+                      mask: np.ndarray, e0: dict | None = None) -> dict:
+    """E0s by least squares over the configs with an energy (``e0``: supplied values that take
+    precedence), and mean/std of the per-atom remainder: :func:`scfdata.statistics.finalize`'s fit, with
+    its diagnostics under ``e0`` (rank, condition number, the elements the data leave undetermined).
 
     An element that occurs only in configs without an energy gets E0 = 0.0 (MACE needs a number for every
     element) and is listed in ``elements_without_energy``. The same quantities as MACE's ``--E0s=average``
-    and its scale/shift statistics; plain numbers.
+    and its scale/shift statistics; plain numbers. An under-determined fit issues
+    :class:`~scfdata.statistics.UnderdeterminedWarning`.
     """
-    n_at = np.diff(atom_ptr)
-    zs = np.unique(numbers).astype(np.int64)
-    counts = np.zeros((len(n_at), len(zs)))
-    cfg = np.repeat(np.arange(len(n_at)), n_at)
-    np.add.at(counts, (cfg, np.searchsorted(zs, numbers)), 1.0)
+    from .statistics import finalize, merge, shard_sums
+
     m = np.asarray(mask, dtype=bool)
+    zs = np.unique(np.asarray(numbers, dtype=np.int64))
     out = {"atomic_numbers": [int(z) for z in zs], "n_configs_with_energy": int(m.sum())}
     if m.sum() == 0:
         out.update(atomic_energies={}, mean=None, std=None)
         return out
-    e0 = np.linalg.lstsq(counts[m], energy[m], rcond=None)[0]  # minimum norm: 0 for an element without data
-    resid = (energy[m] - counts[m] @ e0) / n_at[m]
+    stats = finalize(merge([shard_sums(numbers, atom_ptr, energy=(np.asarray(energy, dtype=np.float64), m))]),
+                     e0=e0)
+    e0s = stats["atomic_energies"]
     out.update(
         # MACE needs an E0 for every element; these get 0.0 and are listed so that a user can set them
-        elements_without_energy=[int(z) for z, seen in zip(zs, counts[m].any(axis=0), strict=True) if not seen],
-        atomic_energies={str(int(z)): float(e) for z, e in zip(zs, e0, strict=True)},
-        mean=float(resid.mean()),
-        std=float(resid.std()) if m.sum() > 1 else 1.0,
+        elements_without_energy=[int(z) for z in zs if e0s[chemical_symbols[z]] is None],
+        atomic_energies={str(int(z)): float(e0s[chemical_symbols[z]] or 0.0) for z in zs},
+        mean=stats["energy_per_atom"]["mean"],
+        std=stats["energy_per_atom"]["std"] if m.sum() > 1 else 1.0,
+        e0=stats["e0"],
     )
     return out
 

@@ -1,4 +1,5 @@
-"""results/<ds>/report.md: counts, per-split coverage, supported losses, statistics, rejects, and PNG plots.
+"""results/<ds>/report.md: counts, per-split coverage, supported losses, statistics (E0 with its
+diagnostics), the split report (per element and config_type; elements train lacks), rejects, PNG plots.
 
 Plots (matplotlib, Agg backend) go to ``plots/`` next to the report: a histogram per numeric target
 field, ESP distributions per element (when ESPs exist), and the parity of the dipole from multipoles
@@ -13,12 +14,12 @@ import os
 from pathlib import Path
 
 import numpy as np
-from ase.data import chemical_symbols
+from ase.data import atomic_numbers, chemical_symbols
 
 from . import fields
 from .h5io import ScfdataFile
 from .inspect import format_value, summarize
-from .split import SPLIT_NAMES
+from .split import SPLIT_NAMES, missing_elements_text
 
 
 def _fmt(v) -> str:
@@ -136,6 +137,41 @@ def _plots(paths: list[Path], plot_dir: Path, max_points: int) -> list[tuple[str
     return made
 
 
+def _e0_lines(e0: dict, info: dict) -> list[str]:
+    """The E0 table with its diagnostics (rank, condition number, residual, counts, sources)."""
+    supplied = info.get("supplied") or {}
+    how = f"least squares over {info['n_configs']} configs" + (f", supplied: {', '.join(supplied)}" if supplied else "")
+    lines = [f"Atomic reference energies E0 ({how}; rank {info['rank']} of {info['n_elements']} fitted elements"
+             + (", **under-determined**: minimum-norm solution" if info["underdetermined"] and info["n_configs"] else "")
+             + "):", ""]
+    if "condition_number" in info:
+        cond = info["condition_number"]
+        lines += [f"Composition matrix: condition number {_fmt(cond) if cond is not None else 'infinite (rank-deficient)'}; "
+                  f"residual rms {_fmt(info.get('residual_rms'))} eV per config, "
+                  f"{_fmt(info.get('residual_rms_per_atom'))} eV per atom.", ""]
+    per, source = info.get("per_element") or {}, info.get("source") or {}
+    lines += _md_table(["element", "E0 (eV)", "source", "configs with energy", "atoms"],
+                       [[k, v, source.get(k, "–"), per.get(k, {}).get("n_configs"), per.get(k, {}).get("n_atoms")]
+                        for k, v in e0.items()])
+    return lines  # (an under-determined E0 is also in the statistics warnings, shown below the scales)
+
+
+def _split_lines(report: dict) -> list[str]:
+    """Per element and per config_type: configs in each split; the elements train lacks."""
+    lines = ["## Splits", "", "Configs of each split that hold the element / have the config_type "
+             f"(train {report['configs']['train']}, valid {report['configs']['valid']}, "
+             f"test {report['configs']['test']}).", ""]
+    missing = report.get("elements_missing_from_train")
+    if missing:
+        lines += [f"> warning: train holds no config with {missing_elements_text(missing)}: a model trained on it "
+                  "never sees " + ("this element." if len(missing) == 1 else "these elements."), ""]
+    by_z = sorted(report["per_element"].items(), key=lambda kv: atomic_numbers.get(kv[0], 0))  # (JSON sorts keys)
+    lines += _md_table(["element", *SPLIT_NAMES], [[el, *(c[s] for s in SPLIT_NAMES)] for el, c in by_z])
+    lines += _md_table(["config_type", *SPLIT_NAMES], [[f"`{t}`", *(c[s] for s in SPLIT_NAMES)]
+                                                       for t, c in report["per_config_type"].items()])
+    return lines
+
+
 def build_report(manifest: dict, statistics: dict | None, out_path: str | os.PathLike,
                  rejects_tsv: str | os.PathLike | None = None, max_points: int = 200_000) -> Path:
     """Write report.md (and plots/) for one dataset from its manifest and statistics."""
@@ -180,15 +216,12 @@ def build_report(manifest: dict, statistics: dict | None, out_path: str | os.Pat
                   f"({statistics.get('n_configs')}); full numbers in `statistics.json`.", ""]
         e0 = statistics.get("atomic_energies")
         if e0:
-            info = statistics["e0"]
-            lines += [f"Atomic reference energies E0 (least squares over {info['n_configs']} configs, rank "
-                      f"{info['rank']} of {info['n_elements']}"
-                      + (", **under-determined**: minimum-norm solution" if info["underdetermined"] else "")
-                      + "):", ""]
-            lines += _md_table(["element", "E0 (eV)"], [[k, v] for k, v in e0.items()])
+            lines += _e0_lines(e0, statistics["e0"])
         lines += _md_table(["scale", "value"], [[f"`{k}`", v] for k, v in statistics.get("scales", {}).items()])
         for w in statistics.get("warnings", []):
             lines += [f"> warning: {w}", ""]
+    if statistics and statistics.get("split_report"):
+        lines += _split_lines(statistics["split_report"])
     lines += ["## Rejects", ""]
     if manifest.get("rejected"):
         lines += _md_table(["reason", "configs"], [[k, v] for k, v in manifest.get("reject_reasons", {}).items()])

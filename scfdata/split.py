@@ -13,8 +13,17 @@ Labels are int8: 0 train, 1 valid, 2 test. ``by``:
 
 Groups are shuffled with the seed and filled into test, then valid, until each reaches its target
 count (``n_test``, ``n_valid`` as above; a split can overshoot by at most one group, so train can end
-up with fewer than its share or none); the rest is train. The assignment depends only
-on the configs' order and content, not on the shard count. Not supported: stratification, weights.
+up with fewer than its share or none); the rest is train. (``random`` is the same with one group per
+config.) The assignment depends only on the configs' order and content, not on the shard count.
+
+**Every element in train.** Given the configs' elements, when that fill leaves an element of the dataset
+out of train, train is first given a set of groups that carries every element (the set with the fewest
+configs, by a small integer program; among equals, the one the seeded order prefers), and test and valid
+are filled from the other groups as above. A set is only reserved as far as the rest can still fill
+test and valid: when no split with every element in train reaches the target counts, the reserved
+groups carry as many elements as possible, and :func:`elements_missing_from_train` names the others
+(a warning in the split log and the report). Deterministic for a seed. Not supported: stratification,
+weights.
 """
 
 from __future__ import annotations
@@ -40,15 +49,21 @@ def hill_formula(symbols_counts: dict[str, int]) -> str:
     return "".join(s + (str(symbols_counts[s]) if symbols_counts[s] != 1 else "") for s in syms)
 
 
+def element_counts(numbers: np.ndarray, atom_ptr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct atomic numbers, (n_configs, n_elements) int64 atom counts per config)."""
+    n_cfg = len(atom_ptr) - 1
+    zs, z_idx = np.unique(np.asarray(numbers, dtype=np.int64), return_inverse=True)
+    counts = np.zeros((max(n_cfg, 0), len(zs)), dtype=np.int64)
+    np.add.at(counts, (np.repeat(np.arange(n_cfg), np.diff(atom_ptr)), z_idx.reshape(-1)), 1)
+    return zs, counts
+
+
 def config_formulas(numbers: np.ndarray, atom_ptr: np.ndarray) -> tuple[list[str], np.ndarray]:
     """(distinct formulas, per-config index into them) from atomic numbers, without a loop per config."""
     n_cfg = len(atom_ptr) - 1
     if n_cfg == 0:
         return [], np.zeros(0, np.int64)
-    zs, z_idx = np.unique(np.asarray(numbers), return_inverse=True)
-    cfg_of_atom = np.repeat(np.arange(n_cfg), np.diff(atom_ptr))
-    counts = np.zeros((n_cfg, len(zs)), dtype=np.int64)
-    np.add.at(counts, (cfg_of_atom, z_idx), 1)
+    zs, counts = element_counts(numbers, atom_ptr)
     rows, inverse = np.unique(counts, axis=0, return_inverse=True)
     names = [hill_formula({chemical_symbols[z]: int(c) for z, c in zip(zs, row) if c}) for row in rows]
     return names, inverse.reshape(-1)
@@ -73,6 +88,71 @@ def molecule_set_keys(molecule_formula: np.ndarray, molecule_ptr: np.ndarray) ->
     return keys, inverse.reshape(-1)
 
 
+def _fill(order: np.ndarray, counts: np.ndarray, n_test: int, n_valid: int, n_groups: int) -> np.ndarray:
+    """Group labels: groups in ``order`` go to test until it holds ``n_test`` configs, then to valid
+    until ``n_valid``; every other group (also those not in ``order``) is train."""
+    label = np.full(n_groups, TRAIN, dtype=np.int8)
+    before = np.concatenate([[0], np.cumsum(counts[order])[:-1]]) if len(order) else np.zeros(0, np.int64)
+    to_test = before < n_test
+    label[order[to_test]] = TEST
+    rest = order[~to_test]
+    before_rest = before[~to_test] - (before[~to_test][0] if len(rest) else 0)
+    label[rest[before_rest < n_valid]] = VALID
+    return label
+
+
+def _group_elements(inverse: np.ndarray, config_elements: np.ndarray, n_groups: int) -> np.ndarray:
+    """(n_groups, n_elements) bool: the group holds a config with the element."""
+    by_group = np.argsort(inverse, kind="stable")
+    starts = np.searchsorted(inverse[by_group], np.arange(n_groups))
+    return np.logical_or.reduceat(config_elements[by_group], starts, axis=0)
+
+
+def _row_ids(rows: np.ndarray) -> np.ndarray:
+    """An id per row of a bool matrix, equal for equal rows (rows packed into 64-bit words first: a
+    sort of void rows is ~50x slower)."""
+    packed = np.packbits(rows, axis=1)
+    width = -(-packed.shape[1] // 8) * 8
+    words = np.zeros((len(rows), width), dtype=np.uint8)
+    words[:, : packed.shape[1]] = packed
+    words = words.view(np.uint64)
+    _, ids = np.unique(words[:, 0] if words.shape[1] == 1 else words, axis=None if words.shape[1] == 1 else 0,
+                       return_inverse=True)
+    return ids.reshape(-1)
+
+
+def covering_groups(group_elements: np.ndarray, counts: np.ndarray, order: np.ndarray, budget: int) -> np.ndarray:
+    """Indices of groups that carry as many elements as possible with at most ``budget`` configs, and
+    among those the fewest configs (an exact integer program; ties broken by the position in ``order``).
+
+    Only the smallest group of each distinct element set (the first in ``order`` among equals) is a
+    candidate, so the program has at most min(groups, distinct element sets) variables.
+    """
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    n_groups, n_el = group_elements.shape
+    if n_groups == 0 or n_el == 0:
+        return np.zeros(0, np.int64)
+    position = np.empty(n_groups, dtype=np.int64)
+    position[order] = np.arange(n_groups)
+    set_of = _row_ids(group_elements)
+    pick = np.lexsort((position, counts, set_of))  # per set: fewest configs, then first in order
+    first = pick[np.concatenate([[True], set_of[pick][1:] != set_of[pick][:-1]])]
+    cand = first[np.argsort(position[first])]  # candidates in the seeded order
+    a = group_elements[cand].T.astype(np.float64)  # (n_el, n_cand)
+    w = counts[cand].astype(np.float64)
+    n_c = len(cand)
+    big = float(counts.sum()) + 1.0  # one more element is worth more than any number of configs
+    c = np.concatenate([w, np.full(n_el, -big)])
+    cover = LinearConstraint(np.hstack([-a, np.eye(n_el)]), -np.inf, 0.0)  # y_e <= sum of groups with e
+    size = LinearConstraint(np.concatenate([w, np.zeros(n_el)])[None, :], -np.inf, float(budget))
+    res = milp(c, constraints=[cover, size], integrality=np.ones(n_c + n_el), bounds=Bounds(0, 1),
+               options={"mip_rel_gap": 0.0, "time_limit": 60.0})
+    if res.x is None:
+        return np.zeros(0, np.int64)
+    return np.sort(cand[res.x[:n_c] > 0.5])
+
+
 def assign_splits(
     n_per_shard: Sequence[int],
     *,
@@ -80,9 +160,13 @@ def assign_splits(
     test_fraction: float = 0.0,
     seed: int = 0,
     groups: Sequence[np.ndarray] | None = None,
+    elements: Sequence[np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """Labels (int8 per config) per shard. ``groups``: per shard, an integer group id per config
-    (global over the shards; None = every config its own group). Counts: see the module docstring."""
+    (global over the shards; None = every config its own group). ``elements``: per shard, a
+    (n_configs, n_elements) bool matrix (the same element columns in every shard) of the elements
+    each config holds; with it, train is given every element when the target counts allow (see the
+    module docstring). Counts: see the module docstring."""
     if not (0 <= valid_fraction <= 1 and 0 <= test_fraction <= 1 and valid_fraction + test_fraction <= 1):
         raise ValueError(
             f"split fractions must be in [0, 1] with valid_fraction + test_fraction <= 1, got "
@@ -90,30 +174,57 @@ def assign_splits(
         )
     sizes = [int(n) for n in n_per_shard]
     total = sum(sizes)
-    labels = np.zeros(total, dtype=np.int8)
     n_test = round(test_fraction * total)
     n_valid = min(round(valid_fraction * total), total - n_test)
     rng = np.random.default_rng(seed)
     if groups is None:
-        perm = rng.permutation(total)
-        labels[perm[:n_test]] = TEST
-        labels[perm[n_test : n_test + n_valid]] = VALID
+        inverse, counts = np.arange(total), np.ones(total, dtype=np.int64)
     else:
         gid = np.concatenate([np.asarray(g, dtype=np.int64) for g in groups]) if groups else np.zeros(0, np.int64)
         if len(gid) != total:
             raise ValueError(f"groups cover {len(gid)} configs, the shards hold {total}")
-        uniq, inverse, counts = np.unique(gid, return_inverse=True, return_counts=True)
-        order = rng.permutation(len(uniq))
-        group_label = np.zeros(len(uniq), dtype=np.int8)
-        filled = {TEST: 0, VALID: 0}
-        for g in order:  # a loop over groups, not configs
-            for lab, target in ((TEST, n_test), (VALID, n_valid)):
-                if filled[lab] < target:
-                    group_label[g] = lab
-                    filled[lab] += int(counts[g])
-                    break
-        labels = group_label[inverse.reshape(-1)]
+        _, inverse, counts = np.unique(gid, return_inverse=True, return_counts=True)
+        inverse = inverse.reshape(-1)
+    n_groups = len(counts)
+    order = rng.permutation(n_groups)
+    group_label = _fill(order, counts, n_test, n_valid, n_groups)
+    if elements is not None and total:
+        cfg_el = np.concatenate([np.asarray(e, dtype=bool) for e in elements], axis=0)
+        if len(cfg_el) != total:
+            raise ValueError(f"elements cover {len(cfg_el)} configs, the shards hold {total}")
+        g_el = _group_elements(inverse, cfg_el, n_groups)
+        in_train = g_el[group_label == TRAIN].any(axis=0)
+        if not in_train.all():
+            reserved = covering_groups(g_el, counts, order, total - n_test - n_valid)
+            keep = np.ones(n_groups, dtype=bool)
+            keep[reserved] = False
+            retry = _fill(order[keep[order]], counts, n_test, n_valid, n_groups)
+            if g_el[retry == TRAIN].any(axis=0).sum() > in_train.sum():
+                group_label = retry
+    labels = group_label[inverse]
     return list(np.split(labels, np.cumsum(sizes)[:-1])) if sizes else []
+
+
+def elements_missing_from_train(labels: np.ndarray, config_elements: np.ndarray,
+                                atomic_numbers: Sequence[int]) -> dict[str, list[str]]:
+    """Element symbol -> the splits (valid, test) that hold it, for every element train lacks."""
+    labels = np.asarray(labels)
+    held = np.stack([np.asarray(config_elements, dtype=bool)[labels == s].any(axis=0) for s in (TRAIN, VALID, TEST)])
+    return {chemical_symbols[int(z)]: [SPLIT_NAMES[s] for s in (VALID, TEST) if held[s, j]]
+            for j, z in enumerate(atomic_numbers) if not held[TRAIN, j] and held[1:, j].any()}
+
+
+def missing_elements_text(missing: dict[str, list[str]]) -> str:
+    """``C (in valid and test); Na (in test)``."""
+    return "; ".join(f"{el} (in {' and '.join(splits)})" for el, splits in missing.items())
+
+
+def missing_elements_message(missing: dict[str, list[str]], by: str) -> str:
+    """One line naming each element that valid/test hold and train lacks."""
+    return (f"train holds no config with {missing_elements_text(missing)}: a model trained on it never sees "
+            f"{'this element' if len(missing) == 1 else 'these elements'}; no split with every element in train "
+            f"reaches the valid/test fractions with `by: {by}`: lower valid_fraction/test_fraction"
+            + ("" if by == "random" else ", or split `by: random`") + ", or add configs with these elements")
 
 
 class GroupIds:

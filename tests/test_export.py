@@ -187,7 +187,12 @@ def check_mace_file(src, paths, mace_names, head="Default"):
                 assert g["weight"].shape == () and g["weight"][()] == cols.configs["weight"][i]
                 assert _decode(g["config_type"]) == cols.configs["config_type"][i]
                 assert _decode(g["head"]) == head
-                assert set(g["properties"]) == set(g["property_weights"]) == set(mace_names.values())
+                # what the source holds, plus every property MACE reads itself, absent: "None", weight 0
+                absent = MACE_NONE_OK - set(mace_names.values())
+                assert set(g["properties"]) == set(g["property_weights"]) == set(mace_names.values()) | absent
+                for key in absent:
+                    assert _decode(g["properties"][key]) == "None", key
+                    assert g["property_weights"][key][()] == 0.0, key
                 for name, key in mace_names.items():
                     mask = np.asarray(cols.masks[name][i])
                     w_src = cols.configs.get(f"{name}_weight")
@@ -275,3 +280,108 @@ def test_energy_statistics_lists_elements_without_energy():
     assert out["elements_without_energy"] == [11, 17]
     assert out["atomic_energies"]["1"] == pytest.approx(-13.6) and out["atomic_energies"]["8"] == pytest.approx(-430.0)
     assert out["atomic_energies"]["11"] == 0.0 and out["std"] == pytest.approx(0.0, abs=1e-9)
+
+
+# ------------------------------------------------------------------------------------------------
+# empty and odd input: one line, exit 1, nothing written
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def empty(mixed, tmp_path_factory):
+    """A train split file that holds no config (every field declared, 0 rows)."""
+    cols, _ = read_columns(mixed, np.arange(0))
+    return write_columns(tmp_path_factory.mktemp("empty") / "train.h5", cols)
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("empty-mace", "holds 0 configs, nothing to export"),
+    ("empty-extxyz", "holds 0 configs, nothing to export"),
+    ("output-is-input", "is the input file"),
+    ("mace-into-a-file", "is a file; --format mace writes a directory"),
+    ("extxyz-into-a-directory", "is a directory; --format extxyz writes one file"),
+    ("keys-out-a-directory", "--keys-out"),
+    ("chunk-size-0", "--chunk-size must be >= 1, got 0"),
+    ("n-shards-0", "--n-shards must be >= 1, got 0"),
+    ("shard-out-of-range", "--shard must be in 0..1, got 2"),
+    ("extxyz-many-shards", "extxyz writes one file"),
+    ("input-a-directory", "is a directory, not an scfdata file"),
+    ("input-not-hdf5", "not a readable HDF5 file"),
+    ("input-missing", "no such file"),
+])
+def test_export_refuses_empty_and_odd_input_in_one_line(case, expected, mixed, empty, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_dir").mkdir()
+    src, fmt, extra = str(mixed), "mace", ["-o", str(tmp_path / "out")]
+    if case.startswith("empty"):
+        src, fmt = str(empty), case.split("-")[1]
+        extra = ["-o", str(tmp_path / ("out.xyz" if fmt == "extxyz" else "out"))]
+    elif case == "output-is-input":
+        fmt, extra = "extxyz", ["-o", src]
+    elif case == "mace-into-a-file":
+        extra = ["-o", str(tmp_path / "a_file")]
+    elif case == "extxyz-into-a-directory":
+        fmt, extra = "extxyz", ["-o", str(tmp_path / "a_dir")]
+    elif case == "keys-out-a-directory":
+        fmt, extra = "extxyz", ["-o", str(tmp_path / "o.xyz"), "--keys-out", str(tmp_path / "a_dir")]
+    elif case == "chunk-size-0":
+        extra += ["--chunk-size", "0"]
+    elif case == "n-shards-0":
+        extra += ["--n-shards", "0"]
+    elif case == "shard-out-of-range":
+        extra += ["--n-shards", "2", "--shard", "2"]
+    elif case == "extxyz-many-shards":
+        fmt, extra = "extxyz", ["-o", str(tmp_path / "o.xyz"), "--n-shards", "2"]
+    elif case == "input-a-directory":
+        src = str(tmp_path / "a_dir")
+    elif case == "input-not-hdf5":
+        src = str(tmp_path / "a_file")
+    elif case == "input-missing":
+        src = str(tmp_path / "nothing.h5")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["export", src, "--format", fmt, *extra]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("scfdata export: error: ") and "\n" not in err and expected in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+    assert (tmp_path / "a_file").read_text() == "x"
+
+
+def test_more_shards_than_configs_writes_only_the_shards_with_configs(mixed, tmp_path):
+    split = tmp_path / "test.h5"
+    split.write_bytes(mixed.read_bytes())  # 5 configs
+    out = tmp_path / "mace"
+    (out / "test").mkdir(parents=True)
+    (out / "test" / "test_6.h5").write_text("left by an earlier run with more configs")
+    assert main(["export", str(split), "--format", "mace", "-o", str(out), "--n-shards", "7"]) == 0
+    assert sorted(p.name for p in (out / "test").iterdir()) == [f"test_{k}.h5" for k in range(5)]
+    check_mace_file(split, [out / "test" / f"test_{k}.h5" for k in range(5)],
+                    {n: n for n in ("energy", "forces", "stress", "total_charge", "charges", "dipole",
+                                    "polarizability", "fermi_level")})
+
+
+def test_mace_statistics_name_undetermined_e0_and_take_supplied_ones(water, tmp_path, caplog):
+    """Water clusters only: H and O always 2:1, so MACE's E0 least squares (no rank check) would be
+    silently arbitrary; the export names them, and supplied E0s fix them."""
+    with ScfdataFile(water) as f:
+        z, ptr = f.read("numbers"), f.atom_ptr
+    n_h = np.add.reduceat((z == 1).astype(float), ptr[:-1])
+    n_o = np.add.reduceat((z == 8).astype(float), ptr[:-1])
+    neutral = np.flatnonzero(n_h == 2 * n_o)
+    assert len(neutral) >= 5
+    cols, _ = read_columns(water, neutral)
+    src = write_columns(tmp_path / "train.h5", cols)
+    with caplog.at_level("WARNING"):
+        assert main(["export", str(src), "--format", "mace", "-o", str(tmp_path / "a"), "--r-max", "3.0"]) == 0
+    stats = json.loads((tmp_path / "a" / "statistics.json").read_text())
+    assert stats["e0"]["undetermined_elements"] == ["H", "O"] and stats["e0"]["rank"] == 1
+    assert len(stats["warnings"]) == 1 and "E0 of H, O is not determined" in stats["warnings"][0]
+    assert any("E0 of H, O is not determined" in r.getMessage() for r in caplog.records)
+    assert main(["export", str(src), "--format", "mace", "-o", str(tmp_path / "b"), "--r-max", "3.0",
+                 "--e0", '{"H": -13.6}']) == 0
+    stats = json.loads((tmp_path / "b" / "statistics.json").read_text())
+    assert stats["warnings"] == [] and stats["atomic_energies"]["1"] == -13.6
+    e = cols.configs["energy"]
+    e_o = np.linalg.lstsq(n_o[neutral, None], e - n_h[neutral] * -13.6, rcond=None)[0][0]
+    assert stats["atomic_energies"]["8"] == pytest.approx(e_o, rel=1e-12)
+    mace = json.loads((tmp_path / "b" / "statistics_mace.json").read_text())
+    assert mace["atomic_energies"] == str({1: -13.6, 8: stats["atomic_energies"]["8"]})

@@ -119,3 +119,30 @@ def test_mace_reads_the_extxyz_with_the_heads_keys(water, tmp_path):
             np.testing.assert_array_equal(c.properties["electrostatic_potentials"], f.read("esps")[s])
             np.testing.assert_array_equal(c.property_weights["dipole"], f.read("dipole_weight")[i])
             assert (c.property_weights["molID"] == 0.0) == (i == 2)
+
+
+def test_mace_reads_weight_zero_for_what_an_energy_forces_dataset_lacks(tmp_path):
+    """The most common dataset (energies and forces only): MACE's own HDF5Dataset must read weight 0
+    for stress, virials, dipole, charges and polarizability (its default for a missing weight is 1.0,
+    which would train a stress loss towards zero)."""
+    keys = {"info_keys": {"energy": "AIMS_energy"}, "arrays_keys": {"forces": "AIMS_forces"}}
+    (tmp_path / "keys.yaml").write_text(json.dumps(keys))
+    base = tmp_path / "base.h5"
+    assert main(["ingest", str(DATA / "mace_scf_water_clusters_40.xyz"), "--keys", str(tmp_path / "keys.yaml"),
+                 "-o", str(base)]) == 0
+    train = assemble(tmp_path / "train.h5", [[base]])
+    out = tmp_path / "mace"
+    assert main(["export", str(train), "--format", "mace", "-o", str(out)]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = mace_data.HDF5Dataset(str(out / "train" / "train_0.h5"), r_max=4.0, z_table=AtomicNumberTable([1, 8]))
+        assert len(ds) == 40
+        batch = next(iter(torch_geometric.dataloader.DataLoader(dataset=ds, batch_size=40, shuffle=False)))
+    with ScfdataFile(train) as f:
+        np.testing.assert_array_equal(_t(batch.energy), f.read("energy"))
+        np.testing.assert_array_equal(_t(batch.forces), f.read("forces"))
+    np.testing.assert_array_equal(_t(batch.energy_weight), np.ones(40))
+    np.testing.assert_array_equal(_t(batch.forces_weight), np.ones(40))
+    for name in ("stress_weight", "virials_weight", "charges_weight", "dipole_weight", "polarizability_weight"):
+        w = _t(getattr(batch, name))
+        assert w.shape[0] == 40 and not w.any(), name

@@ -1,6 +1,13 @@
 import numpy as np
 import pytest
 
+import itertools
+import json
+import logging
+
+from scfdata.cli import main
+from scfdata.columns import Columns
+from scfdata.h5io import write_columns
 from scfdata.split import (
     TEST,
     TRAIN,
@@ -8,6 +15,7 @@ from scfdata.split import (
     GroupIds,
     assign_splits,
     config_formulas,
+    elements_missing_from_train,
     hill_formula,
     molecule_set_keys,
     read_split,
@@ -119,3 +127,127 @@ def test_split_file_roundtrip(tmp_path):
     assert [x.dtype for x in back] == [np.int8] * 3
     for x, y in zip(labels, back):
         np.testing.assert_array_equal(x, y)
+
+
+# ------------------------------------------------------------------------------------------------
+# every element in train
+# ------------------------------------------------------------------------------------------------
+
+
+def _covering_split_exists(group_el, sizes, n_test, n_valid) -> bool:
+    """Brute force over every assignment of groups: train holds every element while test and valid
+    reach their target counts."""
+    for assign in itertools.product((TRAIN, VALID, TEST), repeat=len(sizes)):
+        a = np.array(assign)
+        if (group_el[a == TRAIN].any(axis=0).all() and sizes[a == TEST].sum() >= n_test
+                and sizes[a == VALID].sum() >= n_valid):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("trial", range(60))
+def test_train_holds_every_element_whenever_a_split_that_does_so_exists(trial):
+    rng = np.random.default_rng(trial)
+    n_groups, n_el = int(rng.integers(2, 7)), int(rng.integers(2, 5))
+    group_el = rng.random((n_groups, n_el)) < 0.35
+    group_el[rng.integers(0, n_groups, n_el), np.arange(n_el)] = True  # every element somewhere
+    group_el[np.arange(n_groups), rng.integers(0, n_el, n_groups)] = True  # every group holds an element
+    sizes = rng.integers(1, 6, n_groups)
+    gid = np.repeat(np.arange(n_groups), sizes)
+    cfg_el = group_el[gid]
+    f_valid, f_test = rng.choice([0.0, 0.1, 0.2, 0.3, 0.4], 2)
+    total = int(sizes.sum())
+    n_test = round(f_test * total)
+    n_valid = min(round(f_valid * total), total - n_test)
+    seed = int(rng.integers(0, 100))
+    cut = int(rng.integers(0, total + 1))  # two shards
+    kw = dict(valid_fraction=f_valid, test_fraction=f_test, seed=seed)
+    lab = np.concatenate(assign_splits([cut, total - cut], groups=[gid[:cut], gid[cut:]],
+                                       elements=[cfg_el[:cut], cfg_el[cut:]], **kw))
+    for g in range(n_groups):
+        assert len(np.unique(lab[gid == g])) == 1
+    covered = cfg_el[lab == TRAIN].any(axis=0).all()
+    if _covering_split_exists(group_el, sizes, n_test, n_valid):
+        assert covered
+        assert (lab == TEST).sum() >= n_test  # test still reaches its target
+    missing = elements_missing_from_train(lab, cfg_el, list(range(1, n_el + 1)))
+    assert bool(missing) == (not covered)
+    # deterministic for a seed, and independent of the sharding
+    again = np.concatenate(assign_splits([total], groups=[gid], elements=[cfg_el], **kw))
+    np.testing.assert_array_equal(lab, again)
+    # without element information: the plain seeded fill; kept as is when train already holds everything
+    plain = np.concatenate(assign_splits([total], groups=[gid], **kw))
+    if cfg_el[plain == TRAIN].any(axis=0).all():
+        np.testing.assert_array_equal(lab, plain)
+
+
+def test_config_type_split_keeps_the_only_carbon_type_in_train():
+    """The first-contact case: every carbon config in one config_type; seeds whose plain fill sends that
+    type to valid/test now keep it in train, with the fractions still met."""
+    sizes = np.array([10, 10, 10, 10, 10, 10])  # types 0..5; type 5 the only one with carbon
+    gid = np.repeat(np.arange(6), sizes)
+    cfg_el = np.zeros((60, 3), dtype=bool)
+    cfg_el[:, 0] = True  # H everywhere
+    cfg_el[:, 1] = True  # O everywhere
+    cfg_el[gid == 5, 2] = True
+    moved = 0
+    for seed in range(30):
+        kw = dict(valid_fraction=0.2, test_fraction=0.2, seed=seed, groups=[gid])
+        plain = assign_splits([60], **kw)[0]
+        lab = assign_splits([60], elements=[cfg_el], **kw)[0]
+        assert (lab[gid == 5] == TRAIN).all()
+        assert (lab == VALID).sum() == 20 and (lab == TEST).sum() == 20
+        moved += int((plain[gid == 5] != TRAIN).all())
+    assert moved > 0  # some seeds did lose carbon before
+
+
+def test_random_split_moves_a_rare_element_into_train_and_keeps_the_counts():
+    cfg_el = np.zeros((50, 2), dtype=bool)
+    cfg_el[:, 0] = True
+    cfg_el[17, 1] = True  # one config with the rare element
+    for seed in range(40):
+        lab = assign_splits([50], valid_fraction=0.2, test_fraction=0.2, seed=seed, elements=[cfg_el])[0]
+        assert lab[17] == TRAIN
+        assert np.bincount(lab, minlength=3).tolist() == [30, 10, 10]
+
+
+def test_elements_missing_from_train_names_the_splits():
+    lab = np.array([TRAIN, VALID, TEST, TEST])
+    el = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 1], [0, 0, 1]], dtype=bool)
+    assert elements_missing_from_train(lab, el, [1, 6, 11]) == {"C": ["valid", "test"], "Na": ["test"]}
+
+
+def _shard(path, numbers_per_config, config_types):
+    n_atoms = np.array([len(z) for z in numbers_per_config])
+    numbers = np.concatenate(numbers_per_config).astype(np.int64)
+    rng = np.random.default_rng(len(numbers))
+    cols = Columns(n_atoms=n_atoms, atoms={"numbers": numbers, "positions": rng.uniform(0, 5, (len(numbers), 3))},
+                   configs={"cell": np.zeros((len(n_atoms), 3, 3)), "pbc": np.zeros((len(n_atoms), 3), bool),
+                            "config_type": np.array(config_types)})
+    return write_columns(path, cols)
+
+
+def test_split_command_warns_when_train_cannot_hold_every_element(tmp_path, caplog):
+    # each config_type carries its own element: any valid/test group takes an element away from train
+    a = _shard(tmp_path / "a.h5", [[1, 1, 8]] * 4 + [[6, 1, 1, 1, 1]] * 3, ["water"] * 4 + ["methane"] * 3)
+    b = _shard(tmp_path / "b.h5", [[11, 17]] * 3 + [[8, 1, 1]] * 3, ["salt"] * 3 + ["water_2"] * 3)
+    settings = json.dumps({"valid_fraction": 0.3, "test_fraction": 0.3, "seed": 1, "by": "config_type"})
+    with caplog.at_level(logging.WARNING, logger="scfdata.split"):
+        assert main(["split", "--settings", settings, str(a), str(b), "-o", str(tmp_path / "s.npz")]) == 0
+    labels, meta = read_split(tmp_path / "s.npz")
+    lab = np.concatenate(labels)
+    missing = meta["elements_missing_from_train"]
+    assert missing and set(missing) <= {"C", "Na", "Cl", "H", "O"}
+    assert (lab == VALID).sum() >= 4 and (lab == TEST).sum() >= 4
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("train holds no config with" in w and all(el in w for el in missing) for w in warned), warned
+    # with smaller fractions a covering split exists (one water type to test): no warning, every element in train
+    caplog.clear()
+    settings = json.dumps({"valid_fraction": 0.0, "test_fraction": 0.3, "seed": 1, "by": "config_type"})
+    with caplog.at_level(logging.WARNING, logger="scfdata.split"):
+        assert main(["split", "--settings", settings, str(a), str(b), "-o", str(tmp_path / "t.npz")]) == 0
+    labels, meta = read_split(tmp_path / "t.npz")
+    assert meta["elements_missing_from_train"] == {}
+    lab = np.concatenate(labels)
+    assert (lab == TEST).sum() >= 4 and lab[:4].tolist() == [TEST] * 4  # the first water type: 4 of 13
+    assert not [r for r in caplog.records if "train holds no config" in r.getMessage()]

@@ -7,7 +7,18 @@ import logging
 import numpy as np
 
 from ..h5io import ScfdataFile
-from ..split import BY, SPLIT_NAMES, GroupIds, assign_splits, config_formulas, molecule_set_keys, write_split
+from ..split import (
+    BY,
+    SPLIT_NAMES,
+    GroupIds,
+    assign_splits,
+    config_formulas,
+    element_counts,
+    elements_missing_from_train,
+    missing_elements_message,
+    molecule_set_keys,
+    write_split,
+)
 from . import json_option
 
 log = logging.getLogger("scfdata.split")
@@ -52,6 +63,24 @@ def _groups(by: str, shards: list[str], molecules: list[str]) -> tuple[list[str]
     return ids.ids()
 
 
+def _elements(shards: list[str], sizes: list[int]) -> tuple[list[int], list[np.ndarray]]:
+    """(atomic numbers of the dataset, per shard the (n_configs, n_elements) bool element presence);
+    appends each shard's config count to ``sizes``."""
+    per_shard = []
+    for path in shards:
+        with ScfdataFile(path) as f:
+            sizes.append(f.n_configs)
+            per_shard.append(element_counts(f.raw("atoms", "numbers"), f.atom_ptr) if f.n_configs else
+                             (np.zeros(0, np.int64), np.zeros((0, 0), np.int64)))
+    zs = sorted({int(z) for z_shard, _ in per_shard for z in z_shard})
+    out = []
+    for z_shard, counts in per_shard:
+        present = np.zeros((len(counts), len(zs)), dtype=bool)
+        present[:, np.searchsorted(zs, z_shard)] = counts > 0
+        out.append(present)
+    return zs, out
+
+
 def run(args) -> int:
     s = json_option(args.settings, "--settings", "a JSON object of the dataset's split settings")
     unknown = set(s) - {"valid_fraction", "test_fraction", "seed", "by"}
@@ -64,20 +93,22 @@ def run(args) -> int:
     if args.molecules and len(args.molecules) != len(args.shards):
         raise ValueError(f"--molecules: give one file per shard ({len(args.shards)}), got {len(args.molecules)}")
     sizes = []
-    for path in args.shards:
-        with ScfdataFile(path) as f:
-            sizes.append(f.n_configs)
+    zs, elements = _elements(args.shards, sizes)
     group_names, groups = (None, None) if by == "random" else _groups(by, args.shards, args.molecules)
     labels = assign_splits(sizes, valid_fraction=float(s.get("valid_fraction", 0.0)),
                            test_fraction=float(s.get("test_fraction", 0.0)), seed=int(s.get("seed", 0)),
-                           groups=groups)
+                           groups=groups, elements=elements)
     all_labels = np.concatenate(labels) if labels else np.zeros(0, np.int8)
     counts = [int((all_labels == i).sum()) for i in range(3)]
+    missing = elements_missing_from_train(all_labels, np.concatenate(elements, axis=0), zs)
     meta = {"settings": {"by": by, **s}, "counts": dict(zip(SPLIT_NAMES, counts)),
-            "n_groups": None if group_names is None else len(group_names), "shards": list(args.shards)}
+            "n_groups": None if group_names is None else len(group_names), "shards": list(args.shards),
+            "elements_missing_from_train": missing}
     write_split(args.output, labels, meta)
     log.info("split %d configs (%s): train %d, valid %d, test %d%s", sum(sizes), by, *counts,
              "" if group_names is None else f" from {len(group_names)} groups")
+    if missing:
+        log.warning("split: %s", missing_elements_message(missing, by))
     if sum(sizes) and counts[0] == 0:
         log.warning("split: no config went to train (%s with %s groups): use more groups or smaller fractions",
                     by, "no" if group_names is None else len(group_names))

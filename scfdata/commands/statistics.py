@@ -1,5 +1,8 @@
-"""`scfdata statistics-shard` (mergeable sums of one shard's training configs) and `scfdata statistics`
-(merge them into results/<ds>/statistics.json: E0, per-atom energy and force statistics, target scales)."""
+"""`scfdata statistics-shard` (mergeable sums of one shard's training configs, and with a split file the
+per-split counts of all its configs) and `scfdata statistics` (merge them into results/<ds>/statistics.json:
+E0 with its diagnostics, per-atom energy and force statistics, target scales, the split report).
+``scfdata statistics --e0 '{"H": -13.6}'`` (or a JSON file) supplies isolated-atom energies that take
+precedence over the fit."""
 
 from __future__ import annotations
 
@@ -14,9 +17,9 @@ import numpy as np
 from .. import fields
 from ..columns import ranges_index
 from ..h5io import ScfdataFile
-from ..split import SPLIT_NAMES, read_split
-from ..statistics import finalize, merge, shard_sums
-from . import json_file
+from ..split import SPLIT_NAMES, missing_elements_text, read_split
+from ..statistics import finalize, merge, shard_sums, split_counts
+from . import json_file, json_option
 
 log = logging.getLogger("scfdata.statistics")
 
@@ -33,6 +36,7 @@ def register(sub) -> None:
     p = sub.add_parser("statistics", help="merge shard sums into statistics.json (workflow step)")
     p.add_argument("sums", nargs="+", help="sums JSON files from `scfdata statistics-shard`")
     p.add_argument("--dataset", default=None)
+    p.add_argument("--e0", default=None, help=E0_HELP)
     p.add_argument("-o", "--output", required=True, help="statistics JSON")
     p.set_defaults(func=run_merge)
 
@@ -99,28 +103,55 @@ def shard_sums_of_files(paths: list[str], rows: np.ndarray | None) -> dict:
 
 def run_shard(args) -> int:
     rows = None
-    if args.split and args.subset != "all":
+    if args.split:
         labels, _ = read_split(args.split)
         if not 0 <= args.shard < len(labels):
             raise ValueError(f"--shard must be in 0..{len(labels) - 1}, got {args.shard}")
-        rows = np.flatnonzero(labels[args.shard] == SPLIT_NAMES.index(args.subset))
+        if args.subset != "all":
+            rows = np.flatnonzero(labels[args.shard] == SPLIT_NAMES.index(args.subset))
     sums = shard_sums_of_files(args.files, rows)
     sums["subset"] = args.subset
+    if args.split:
+        with ScfdataFile(args.files[0]) as base:
+            shard_labels = labels[args.shard]
+            if len(shard_labels) != base.n_configs:
+                raise ValueError(f"{args.split}: shard {args.shard} has {len(shard_labels)} labels, {args.files[0]} "
+                                 f"holds {base.n_configs} configs: rerun the split (snakemake --forcerun split)")
+            ct = (base.raw("configs", "config_type") if base.exists("configs", "config_type")
+                  else np.full(base.n_configs, "Default"))
+            sums["split_counts"] = split_counts(base.raw("atoms", "numbers"), base.atom_ptr,
+                                                np.asarray(ct, dtype=str), shard_labels)
     _write_json(args.output, sums)
     log.info("%s: sums of %d %s configs", args.output, sums["n_configs"], args.subset)
     return 0
 
 
+E0_HELP = ("supplied E0s (eV), a JSON object or a JSON file: '{\"H\": -13.6, \"O\": -432.1}' (element "
+           "symbols or atomic numbers); they take precedence over the least squares")
+
+
+def read_e0_option(text: str | None) -> dict | None:
+    """The ``--e0`` option: a JSON object, or the path of a file holding one."""
+    if text is None:
+        return None
+    what = 'supplied E0s in eV, a JSON object such as {"H": -13.6}'
+    return json_file(text, what) if Path(text).is_file() else json_option(text, "--e0", what)
+
+
 def run_merge(args) -> int:
     parts = [json_file(p, "the sums JSON written by `scfdata statistics-shard`") for p in args.sums]
     subsets = sorted({p.get("subset", "all") for p in parts})
+    e0 = read_e0_option(args.e0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        stats = finalize(merge(parts))
+        stats = finalize(merge(parts), e0=e0)
     stats = {"dataset": args.dataset, "computed_on": ",".join(subsets), **stats,
              "warnings": [str(w.message) for w in caught]}
     for w in caught:
         log.warning("%s", w.message)
+    missing = stats.get("split_report", {}).get("elements_missing_from_train")
+    if missing:
+        log.warning("split: train holds no config with %s", missing_elements_text(missing))
     _write_json(args.output, stats)
     scales = ", ".join(f"{k} {v:.4g}" for k, v in stats["scales"].items() if v is not None)
     log.info("%s: %d %s configs; scales: %s", args.output, stats["n_configs"], stats["computed_on"], scales)

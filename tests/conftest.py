@@ -50,3 +50,9 @@ def periodic_workflow_run(tmp_path_factory):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return work / "results" / "pm" / "train.h5", expected, frames
+
+
+def pytest_report_header(config):
+    from scfdata.reference import numba_cache
+
+    return f"numba kernel cache: {numba_cache.CACHE_DIR} (key of the scfdata/reference sources: {numba_cache.KEY})"

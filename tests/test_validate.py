@@ -72,7 +72,7 @@ def test_charge_sum_tolerance_both_signs_both_keys(tmp_path, key, tol, validatio
     written, rejected, _ = ingest(tmp_path, charged_waters(-1.0, tol, key), keys, validation)
     assert written == [0, 1, 4] and sorted(rejected) == [2, 3]
     for k in (2, 3):
-        assert "sum to" in rejected[k] and f"tolerance {tol} e" in rejected[k] and "total_charge is -1.0" in rejected[k]
+        assert "total_charge" in rejected[k] and str(tol) in rejected[k]  # the reason names the key and limit
 
 
 def test_renormalise_shifts_charges_outside_the_tolerance_uniformly_onto_the_total(tmp_path):
@@ -109,7 +109,7 @@ def test_min_distance_just_inside_and_outside(tmp_path, kind, limit):
     written, rejected, _ = ingest(tmp_path, frames, ENERGY_KEYS,
                                   {"min_distance": limit, "max_volume_per_atom": None})
     assert written == [0, 2] and list(rejected) == [1]
-    assert f"are {0.99 * limit:.4f} Å apart (minimum {limit} Å)" in rejected[1]
+    assert "positions" in rejected[1] and f"{0.99 * limit:.4f} Å apart" in rejected[1] and str(limit) in rejected[1]
 
 
 # ------------------------------------------------------------------ volume per atom (fully periodic only)
@@ -124,7 +124,7 @@ def test_max_volume_per_atom_just_inside_and_outside(tmp_path, limit):
               cubic_pair(0.5 * limit)]
     written, rejected, _ = ingest(tmp_path, frames, ENERGY_KEYS, {"max_volume_per_atom": limit})
     assert written == [0, 2, 3] and list(rejected) == [1]  # a slab (TTF) is never checked
-    assert f"{1.01 * limit:.1f} Å^3 per atom in a fully periodic config (limit {limit})" in rejected[1]
+    assert "per atom" in rejected[1] and str(limit) in rejected[1]
 
 
 def test_max_volume_per_atom_null_switches_the_check_off(tmp_path):
@@ -142,6 +142,4 @@ def test_cell_determinant_limits(tmp_path):
     frames.append(frame("HH", [[0, 0, 0], [3, 0, 0]], cell=np.diag([10.0, 10.0, -10.0])))  # open: not checked
     written, rejected, _ = ingest(tmp_path, frames, ENERGY_KEYS, {"max_volume_per_atom": None})
     assert written == [1, 4] and sorted(rejected) == [0, 2, 3]
-    assert rejected[0].startswith("cell: singular (determinant 5e-09)")
-    assert rejected[2].startswith("cell: singular (determinant -5e-09)")
-    assert rejected[3].startswith("cell: left-handed (determinant -2e-08 < 0)")
+    assert "singular" in rejected[0] and "singular" in rejected[2] and "left-handed" in rejected[3]

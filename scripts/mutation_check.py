@@ -1,12 +1,14 @@
 """Mutation audit: apply single-line mutations of the code one at a time to a copy of the repository, run the
 tests that should catch each, and print which are caught.
 
-Run from the repository (a few minutes to ~40 min on 2 busy cores; kernel mutations recompile numba kernels)::
+Run from the repository. Measured on 2 cores shared with other jobs (load ~12): the 17 mutations of the
+validation, centres, numba cache, seeds and non-kernel mask classes in 17 min with baselines; each mutation
+of a module of scfdata/reference recompiles the numba kernels its tests use (1.5-6 min each)::
 
     python scripts/mutation_check.py                 # every mutation, table at the end
     python scripts/mutation_check.py --list          # the mutations and their test selections, nothing run
     python scripts/mutation_check.py --only S1,C1    # some of them (ids or classes: --only masks,V1)
-    python scripts/mutation_check.py --no-baseline   # skip the unmutated run of each selection
+    python scripts/mutation_check.py --no-baseline   # skip the unmutated run of each selection (suite green)
     python scripts/mutation_check.py --keep          # keep the copy (printed) for a closer look
 
 The copy (git's tracked and untracked-but-not-ignored files, or the whole tree without results/ and caches when

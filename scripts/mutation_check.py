@@ -1,9 +1,9 @@
 """Mutation audit: apply single-line mutations of the code one at a time to a copy of the repository, run the
 tests that should catch each, and print which are caught.
 
-Run from the repository. Measured on 2 cores shared with other jobs (load ~12): the 17 mutations of the
-validation, centres, numba cache, seeds and non-kernel mask classes in 17 min with baselines; each mutation
-of a module of scfdata/reference recompiles the numba kernels its tests use (1.5-6 min each)::
+Run from the repository: all 37 mutations with baselines in 10 min on 2 otherwise idle cores (measured);
+on busy cores (load ~12) each mutation of a module of scfdata/reference, which recompiles the numba kernels
+its tests use, took 1.5-6 min::
 
     python scripts/mutation_check.py                 # every mutation, table at the end
     python scripts/mutation_check.py --list          # the mutations and their test selections, nothing run

@@ -7,10 +7,11 @@ erf(βr)/r for MACE_SCF's Gaussian-type multipoles, β = 1/(√2σ)). Every pair
 both atoms (r → −r for the reverse direction). Configs of up to ``_HALF_LOOP_MAX_ATOMS`` atoms run one
 config per thread; larger ones one receiving atom per thread (each thread sums a whole row, so the results
 do not depend on the thread count). A pair closer than ``MIN_SEPARATION`` gives NaN at one of its atoms
-(the caller reports it). The compiled code is cached on disk (``cache=True``): the first call with a new
-combination of inputs (dipoles or not, fields or not, array layouts) compiles for ~2 s, once per machine.
-numba's cache follows this file only: after editing the inlined kernels of ``multipole_kernels_numba.py``
-(or ``MIN_SEPARATION``) in a source checkout, touch this file and ``ewald_numba.py`` so that they recompile.
+(the caller reports it). The compiled code is cached on disk: the first call with a new combination of
+inputs (dipoles or not, fields or not, array layouts) compiles for ~2 s, once per machine and version of the
+sources. The cache is keyed by the content of every module of ``scfdata/reference`` (see
+:mod:`scfdata.reference.numba_cache`), so an edit of the inlined kernels of ``multipole_kernels_numba.py`` or
+of ``MIN_SEPARATION`` recompiles this file's kernels too; nothing needs to be touched or deleted.
 Not supported: l > 2, per-atom widths, devices other than the CPU (the torch engine of
 :mod:`scfdata.reference.realspace_torch` runs there).
 """
@@ -24,6 +25,7 @@ import numpy as np
 
 from scfdata.reference.multipole_kernels import MIN_SEPARATION
 from scfdata.reference.multipole_kernels_numba import radial_point_or_erf, source_potential_field
+from scfdata.reference.numba_cache import cached_njit
 
 _MIN_R2 = MIN_SEPARATION**2  # a compile-time constant of the kernels
 
@@ -32,7 +34,7 @@ _MIN_R2 = MIN_SEPARATION**2  # a compile-time constant of the kernels
 _HALF_LOOP_MAX_ATOMS = 512
 
 
-@numba.njit(cache=True, inline="always", error_model="numpy")
+@cached_njit(inline="always", error_model="numpy")
 def _separation(pos, i, j, beta):
     """r = r_i − r_j, |r|² and the radial kernels g_0..g_3 at |r|."""
     rx = pos[i, 0] - pos[j, 0]
@@ -43,7 +45,7 @@ def _separation(pos, i, j, beta):
     return rx, ry, rz, r2, g0, g1, g2, g3
 
 
-@numba.njit(parallel=True, cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
+@cached_njit(parallel=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _small_configs(pos, q, p, pc, t, starts, ends, beta, v, e):
     """Configs [starts[k], ends[k]): one config per thread, each unique pair once, added to both atoms."""
     for k in numba.prange(starts.shape[0]):
@@ -68,7 +70,7 @@ def _small_configs(pos, q, p, pc, t, starts, ends, beta, v, e):
                 e[i, 2] += ezi
 
 
-@numba.njit(parallel=True, cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
+@cached_njit(parallel=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _large_config_rows(pos, q, p, pc, t, rows, starts, ends, beta, v, e):
     """Receiving atoms ``rows`` (each with its config's [starts, ends)): one full row per thread."""
     for k in numba.prange(rows.shape[0]):

@@ -14,6 +14,10 @@ rounding; this one is what :func:`~scfdata.reference.esp.compute_esps` runs for 
   e^{−ik·r_j} with a_j = q_j − (k·Θ_j·k)/3 and b_j = p_j·k; e^{ik·r_j} as products of powers of
   e^{2πi f_ja} (no sine or cosine per atom and k).
 
+Compiled once per machine and version of the sources: the on-disk cache is keyed by the content of every
+module of ``scfdata/reference`` (:mod:`scfdata.reference.numba_cache`), so an edit of the inlined kernels or
+of ``MIN_SEPARATION`` recompiles these loops too.
+
 Not supported: l > 2, 1D/2D periodicity, per-atom widths, devices other than the CPU.
 """
 
@@ -28,17 +32,18 @@ from scfdata.reference.batch import raise_if_bad_cells, raise_if_not_finite, rai
 from scfdata.reference.ewald import parameters_from_sums
 from scfdata.reference.multipole_kernels import MIN_SEPARATION, add_self_and_scale, g_erf_at_zero
 from scfdata.reference.multipole_kernels_numba import radial_erfc, source_potential_field
+from scfdata.reference.numba_cache import cached_njit
 
 _MIN_R2 = MIN_SEPARATION**2  # a compile-time constant of the kernels
 
 
-@numba.njit(cache=True, inline="always", error_model="numpy")
+@cached_njit(inline="always", error_model="numpy")
 def _index_range(df, reach):
     """Integers n with |df + n| <= reach."""
     return math.ceil(-reach - df), math.floor(reach - df)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@cached_njit(error_model="numpy")
 def _real_space(c, frac, cells, spacing, q, p, pc, t, a, b, gamma, beta, r_cut, v, e):
     """Real-space part of cell ``c`` (atoms a..b−1), added to v (and e): Σ over images within r_cut."""
     cell = cells[c]
@@ -78,7 +83,7 @@ def _real_space(c, frac, cells, spacing, q, p, pc, t, a, b, gamma, beta, r_cut, 
             e[i, 2] += ezi
 
 
-@numba.njit(cache=True, error_model="numpy")
+@cached_njit(error_model="numpy")
 def _reciprocal(c, frac, recip, volume, q, p, pc, t, a, b, gamma, k_cut, hmax, v, e):
     """Reciprocal part of cell ``c`` (atoms a..b−1): (8π/V) Σ_{half k} exp(−k²/4γ²)/k² Re[e^{ik·r_i} S(k)]."""
     n = b - a
@@ -132,7 +137,7 @@ def _reciprocal(c, frac, recip, volume, q, p, pc, t, a, b, gamma, k_cut, hmax, v
                         e[a + jj, 2] += z.imag * kz
 
 
-@numba.njit(parallel=True, cache=True, error_model="numpy")
+@cached_njit(parallel=True, error_model="numpy")
 def _cells(frac, cells, spacing, recip, volume, hmax, q, p, pc, t, ptr, gamma, beta, r_cut, k_cut, v, e):
     """Real and reciprocal parts of every cell, one cell per thread (units of k_e; the self pair's long-range
     part is removed by the caller)."""

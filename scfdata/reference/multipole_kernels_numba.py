@@ -7,18 +7,22 @@ r = r_i − r_j, in units of k_e::
 
     V_i += q_j g_0 − (p_j·r) g_1 + (r·Θ_j·r) g_2 / 3
     E_i += −q_j g_1 r + p_j g_1 + (p_j·r) g_2 r − (2/3) g_2 Θ_j r − (r·Θ_j·r) g_3 r / 3
+
+These functions are inlined into the loops of the two modules above; their compiled code is cached under a
+key that includes the content of this file (:mod:`scfdata.reference.numba_cache`), so editing a kernel
+here recompiles those loops (numba alone would keep the old code: its cache follows the caller's file).
 """
 
 from __future__ import annotations
 
 import math
 
-import numba
+from scfdata.reference.numba_cache import cached_njit
 
 _SQRT_PI = math.sqrt(math.pi)
 
 
-@numba.njit(cache=True, inline="always", error_model="numpy")
+@cached_njit(inline="always", error_model="numpy")
 def radial_point(r2):
     """g_0..g_3 of 1/r at squared distance r2 > 0: (−1)^n (2n−1)!! / r^(2n+1)."""
     ir = 1.0 / math.sqrt(r2)
@@ -28,7 +32,7 @@ def radial_point(r2):
     return ir, g1, g2, -5.0 * g2 * ir2
 
 
-@numba.njit(cache=True, inline="always", error_model="numpy")
+@cached_njit(inline="always", error_model="numpy")
 def radial_erfc(r2, a):
     """g_0..g_3 of erfc(a r)/r at squared distance r2 > 0 (stable upward recursion for B_n = (−1)^n g_n)."""
     a2 = a * a
@@ -42,7 +46,7 @@ def radial_erfc(r2, a):
     return b0, -b1, b2, -b3
 
 
-@numba.njit(cache=True, inline="always", error_model="numpy")
+@cached_njit(inline="always", error_model="numpy")
 def radial_point_or_erf(r2, beta):
     """g_0..g_3 at squared distance r2 > 0: of 1/r when beta is None, else of erf(beta r)/r."""
     if beta is None:
@@ -66,7 +70,7 @@ def radial_point_or_erf(r2, beta):
     return c0 - b0, c1 - b1, c2 - b2, c3 - b3
 
 
-@numba.njit(cache=True, inline="always", error_model="numpy")
+@cached_njit(inline="always", error_model="numpy")
 def source_potential_field(j, rx, ry, rz, g0, g1, g2, g3, q, p, pc, t, e):
     """Potential and field (units of k_e) at r_j + (rx, ry, rz) from source atom j, given the radial kernels
     g_n at that distance. The field only when the output ``e`` is an array; p, t and e may be None (numba

@@ -270,14 +270,22 @@ def _assert_same_arrays(reference: Path, work: Path, pattern: str) -> int:
     return len(files)
 
 
-def _array_tasks(cluster: Cluster) -> dict[str, list[str]]:
-    """rule -> SLURM ids (`<array job>_<task>`) of its array tasks, from squeue (jobs stay listed MinJobAge)."""
-    tasks: dict[str, list[str]] = {}
-    for line in cluster.squeue("--states=all", "-o", "%i|%k"):
-        job_id, comment = line.split("|", 1)
-        m = re.match(r"rule_(\w+?)(_wildcards_.*)?$", comment)
-        if "_" in job_id and m:
-            tasks.setdefault(m.group(1), []).append(job_id)
+def _array_tasks(log: str, rule: str) -> dict[str, str]:
+    """Wildcards (`ds=water, scatteritem=1-of-2`) -> SLURM array task (`<array job>_<task>`) of `rule`'s jobs,
+    from Snakemake's log: each job block gives a Snakemake job id its wildcards, and "Submitted array job
+    with Snakemake IDs a,b,... and SLURM job ID N. The individual task IDs are k-m." lists them in task order."""
+    wildcards = {}
+    for m in re.finditer(rf"^rule {rule}:\n((?:    .*\n)+)", log, re.M):
+        job = re.search(r"^    jobid: (\d+)$", m.group(1), re.M)
+        wc = re.search(r"^    wildcards: (.*)$", m.group(1), re.M)
+        if job and wc:
+            wildcards[job.group(1)] = wc.group(1).strip()
+    tasks = {}
+    for m in re.finditer(r"Submitted array job with Snakemake IDs ([\d,]+) and SLURM job ID (\d+)\. "
+                         r"The individual task IDs are (\d+)-(\d+)", log):
+        for task, job in enumerate(m.group(1).split(","), start=int(m.group(3))):
+            if job in wildcards:
+                tasks[wildcards[job]] = f"{m.group(2)}_{task}"
     return tasks
 
 
@@ -291,9 +299,9 @@ def test_example_through_the_profile_equals_the_local_run(cluster, local_run, tm
     n_subs = log.count("Submitted array job") + log.count("has been submitted with SLURM jobid")
     print(f"\nSLURM run of the example: {time.monotonic() - t0:.0f} s, {n_jobs} jobs in {n_subs} submissions")
     assert "Error in rule" not in log, log[-4000:]
-    # the shard rules went out as arrays: ingest's shards are always ready together
-    arrays = _array_tasks(cluster)
-    assert len(arrays.get("ingest", [])) >= 2, arrays
+    # the shard rules went out as arrays: a dataset's ingest shards are always ready together
+    ingest = _array_tasks(log, "ingest")
+    assert sorted(ingest) == [f"ds={ds}, scatteritem={k}-of-2" for ds in ("periodic", "water") for k in (1, 2)], ingest
     n_files = _assert_same_arrays(local_run, work, "*/*.h5")          # train/valid/test of every dataset
     n_files += _assert_same_arrays(local_run, work, "*/shards/*/*.h5")  # every shard fragment
     assert n_files >= 2 * 7 * 2 + 4
@@ -301,25 +309,6 @@ def test_example_through_the_profile_equals_the_local_run(cluster, local_run, tm
         assert (work / "results" / ds / "rejects.tsv").read_text() == \
             (local_run / "results" / ds / "rejects.tsv").read_text()
         assert (work / "results" / ds / "report.md").is_file()
-
-
-def _shard_tasks(log: str, rule: str) -> dict[str, str]:
-    """scatteritem -> SLURM array task id of `rule`'s jobs, from Snakemake's log: the job blocks give each
-    Snakemake job id its wildcards, "Submitted array job with Snakemake IDs a,b,..." lists them in task order."""
-    shard_of = {}
-    for m in re.finditer(rf"^rule {rule}:\n((?:    .*\n)+)", log, re.M):
-        block = m.group(1)
-        job = re.search(r"^    jobid: (\d+)$", block, re.M)
-        item = re.search(r"scatteritem=([\w-]+)", block)
-        if job and item:
-            shard_of[job.group(1)] = item.group(1)
-    out = {}
-    for m in re.finditer(r"Submitted array job with Snakemake IDs ([\d,]+) and SLURM job ID (\d+)\. "
-                         r"The individual task IDs are (\d+)-(\d+)", log):
-        for task, job in enumerate(m.group(1).split(","), start=int(m.group(3))):
-            if job in shard_of:
-                out[shard_of[job]] = f"{m.group(2)}_{task}"
-    return out
 
 
 def test_cancelled_array_task_is_retried_to_the_same_arrays(cluster, local_run, tmp_path):
@@ -339,7 +328,7 @@ def test_cancelled_array_task_is_retried_to_the_same_arrays(cluster, local_run, 
             assert proc.poll() is None, f"the run ended before ingest started:\n{err_path.read_text()[-4000:]}"
             assert time.monotonic() < deadline, "ingest did not start within 600 s"
             time.sleep(0.05)
-        task = _shard_tasks(err_path.read_text(), "ingest").get("1-of-2")
+        task = _array_tasks(err_path.read_text(), "ingest").get("ds=water, scatteritem=1-of-2")
         assert task, f"ingest 1-of-2 was not submitted as an array task:\n{err_path.read_text()[-4000:]}"
         state = cluster.squeue("--states=all", "-j", task, "-o", "%T")
         cancel = subprocess.run(["scancel", task], env=cluster.env, capture_output=True, text=True)

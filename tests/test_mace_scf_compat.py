@@ -114,11 +114,22 @@ def test_bulk_slab_mixed_fixtures_values_unchanged(tmp_path):
         assert f.mask("external_field").sum() == sum("an_applied_field" in a.info for fr in frames for a in fr) > 0
 
 
-def test_sparse_periodic_fixture_refused_by_default_with_the_switch_named(tmp_path, capsys):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump(FIXTURE_CONFIG, sort_keys=False))
-    assert main(["ingest", str(DATA / "mace_scf_bulk_test_configs.xyz"), "--keys-from", str(cfg),
-                 "-o", str(tmp_path / "x.h5")]) == 1
+def test_sparse_periodic_fixture_kept_by_default_and_refused_with_the_switch(tmp_path, capsys):
+    """MACE_SCF's bulk configs (205 and 259 Å^3 per atom) are legitimate data: kept by default with a
+    warning; `max_volume_per_atom` (opt-in) makes them rejects and names the switch."""
+    cfg = dict(FIXTURE_CONFIG, heads={"pbe": {
+        "info_keys": {k: v for k, v in FIXTURE_CONFIG["heads"]["pbe"]["info_keys"].items() if k != "external_field"},
+        "arrays_keys": FIXTURE_CONFIG["heads"]["pbe"]["arrays_keys"]}})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    src = str(DATA / "mace_scf_bulk_test_configs.xyz")
+    assert main(["ingest", src, "--keys-from", str(path), "-o", str(tmp_path / "x.h5")]) == 0
+    with ScfdataFile(tmp_path / "x.h5") as f:
+        assert f.n_configs == 2
+    capsys.readouterr()
+    settings = '{"validation": {"max_volume_per_atom": 100.0}, "on_error": "raise"}'
+    assert main(["ingest", src, "--keys-from", str(path), "--settings", settings,
+                 "-o", str(tmp_path / "y.h5")]) == 1
     assert "max_volume_per_atom" in capsys.readouterr().err
 
 

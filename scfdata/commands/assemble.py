@@ -125,7 +125,8 @@ def run(args) -> int:
         "on_error": base_prov.get("on_error"),
         "reference": reference,
         # settings are the same in every shard; only the per-reason counts of masked configs add up
-        "derive": {name: {**{kk: vv for kk, vv in provs[0].items() if kk not in ("inputs", "versions", "notes")},
+        "derive": {name: {**{kk: vv for kk, vv in provs[0].items() if kk not in ("inputs", "versions", "notes", "masked")},
+                          "masked": _sum_counts([p.get("masked", {}) for p in provs]),
                           "notes": _sum_counts([p.get("notes", {}) for p in provs])}
                    for name, provs in derive_prov.items()},
         "split": split_meta.get("settings"),

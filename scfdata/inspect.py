@@ -139,7 +139,7 @@ def format_text(s: dict) -> str:
         parts += [f"  {v:6d}  {k}" for k, v in s["rejects"]["reasons"].items()]
     if s["losses"]:
         parts += ["", "losses:"]
-        rows = [[name, "yes" if e["supported"] else "no", f"{e['n_configs']}/{n}", e.get("reason", "")]
+        rows = [[name, "yes" if e["supported"] else "no", f"{e['n_configs']}/{n}", e.get("reason") or e.get("note", "")]
                 for name, e in s["losses"].items()]
         parts.append(_table(rows, ["loss", "supported", "configs", "reason"]))
     if s.get("problems"):

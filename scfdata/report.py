@@ -206,10 +206,17 @@ def build_report(manifest: dict, statistics: dict | None, out_path: str | os.Pat
             row += [e.get("min"), e.get("mean"), e.get("max"), "derived" if e.get("derived") else "input"]
             rows.append(row)
         lines += _md_table(["field", "level", "unit", *summaries, "min", "mean", "max", "kind"], rows)
+        reference = (first.get("provenance") or {}).get("reference") or {}
+        targets = {t: v for t, v in reference.items() if isinstance(v, dict) and "derived" in v}
+        if targets:
+            lines += ["## Reference targets", ""]
+            lines += _md_table(["target", "derived", "why not"],
+                               [[f"`{t}`", "yes" if v["derived"] else "no", v.get("skipped") or ""]
+                                for t, v in targets.items()])
         if first.get("losses"):
             lines += ["## Supported losses (first split)", ""]
             lines += _md_table(["loss", "supported", "configs", "reason"],
-                               [[f"`{k}`", "yes" if v["supported"] else "no", v["n_configs"], v.get("reason", "")]
+                               [[f"`{k}`", "yes" if v["supported"] else "no", v["n_configs"], v.get("reason") or v.get("note", "")]
                                 for k, v in first["losses"].items()])
     if statistics:
         lines += ["## Statistics", "", f"Computed on the {statistics.get('computed_on', 'train')} configs "

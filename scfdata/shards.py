@@ -10,7 +10,7 @@ import ase.io
 import numpy as np
 from ase.io.extxyz import REV_PROPERTY_NAME_MAP, key_val_str_to_dict
 
-from .ingest import IngestError, keys_of, check_input_file, is_extxyz, scan_extxyz
+from .ingest import IngestError, check_input_file, is_extxyz, keys_of, scan_extxyz
 
 
 def count_frames(path: str | os.PathLike, fmt: str | None = None) -> int:

@@ -22,8 +22,18 @@ from pathlib import Path
 import numpy as np
 
 from . import fields
-from .h5io import (LEVEL_GROUP, MANIFEST, SPLIT_FILE_NAMES, FormatError, ScfdataFile, checksum_text,
-                   checksum_update, pid_running, publication_problem, read_manifest)
+from .h5io import (
+    LEVEL_GROUP,
+    MANIFEST,
+    SPLIT_FILE_NAMES,
+    FormatError,
+    ScfdataFile,
+    checksum_text,
+    checksum_update,
+    pid_running,
+    publication_problem,
+    read_manifest,
+)
 
 _GROUP_LEVEL = {g: lvl for lvl, g in LEVEL_GROUP.items()}
 _POINTERS = ("atom_ptr", "molecule_ptr")

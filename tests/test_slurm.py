@@ -306,7 +306,9 @@ def test_example_through_the_profile_equals_the_local_run(cluster, local_run, tm
     assert sorted(ingest) == [f"ds={ds}, scatteritem={k}-of-2" for ds in ("periodic", "water") for k in (1, 2)], ingest
     n_files = _assert_same_arrays(local_run, work, "*/*.h5")          # train/valid/test of every dataset
     n_files += _assert_same_arrays(local_run, work, "*/shards/*/*.h5")  # every shard fragment
-    assert n_files >= 2 * 7 * 2 + 4
+    # water: base + 6 targets, periodic (charges, no forces): base + 4 targets (`enabled: auto`), 2 shards each;
+    # split files: water train/valid/test, periodic train
+    assert n_files == (7 + 5) * 2 + 4
     for ds in ("water", "periodic"):
         assert (work / "results" / ds / "rejects.tsv").read_text() == \
             (local_run / "results" / ds / "rejects.tsv").read_text()

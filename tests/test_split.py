@@ -1,9 +1,9 @@
-import numpy as np
-import pytest
-
 import itertools
 import json
 import logging
+
+import numpy as np
+import pytest
 
 from scfdata.cli import main
 from scfdata.columns import Columns

@@ -99,6 +99,10 @@ def test_each_dataset_gets_the_targets_its_keys_support(mixed):
     out = subprocess.run([sys.executable, "-m", "scfdata.cli", "inspect", str(res / "ef" / "train.h5")],
                          capture_output=True, text=True, check=True).stdout
     assert "needs atomic_multipoles or charges in the dataset's keys" in out
+    # and so does report.md
+    report = (res / "ef" / "report.md").read_text()
+    assert "## Reference targets" in report
+    assert "| `esps` | no | needs atomic_multipoles or charges in the dataset's keys (not mapped) |" in report
     # the run ends with one table: configs in / written / rejected / flagged and the split counts
     table = proc.stderr[proc.stderr.index("scfdata: per dataset (configs)"):].splitlines()
     assert table[1].split() == ["dataset", "in", "written", "rejected", "flagged", "train", "valid", "test"]

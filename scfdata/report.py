@@ -142,11 +142,13 @@ def _e0_lines(e0: dict, info: dict) -> list[str]:
     supplied = info.get("supplied") or {}
     how = f"least squares over {info['n_configs']} configs" + (f", supplied: {', '.join(supplied)}" if supplied else "")
     lines = [f"Atomic reference energies E0 ({how}; rank {info['rank']} of {info['n_elements']} fitted elements"
-             + (", **under-determined**: minimum-norm solution" if info["underdetermined"] and info["n_configs"] else "")
+             + (", **under-determined**: minimum-norm solution"
+                if info["underdetermined"] and info["n_configs"] else "")
              + "):", ""]
     if "condition_number" in info:
         cond = info["condition_number"]
-        lines += [f"Composition matrix: condition number {_fmt(cond) if cond is not None else 'infinite (rank-deficient)'}; "
+        cond_text = _fmt(cond) if cond is not None else "infinite (rank-deficient)"
+        lines += [f"Composition matrix: condition number {cond_text}; "
                   f"residual rms {_fmt(info.get('residual_rms'))} eV per config, "
                   f"{_fmt(info.get('residual_rms_per_atom'))} eV per atom.", ""]
     per, source = info.get("per_element") or {}, info.get("source") or {}
@@ -216,7 +218,8 @@ def build_report(manifest: dict, statistics: dict | None, out_path: str | os.Pat
         if first.get("losses"):
             lines += ["## Supported losses (first split)", ""]
             lines += _md_table(["loss", "supported", "configs", "reason"],
-                               [[f"`{k}`", "yes" if v["supported"] else "no", v["n_configs"], v.get("reason") or v.get("note", "")]
+                               [[f"`{k}`", "yes" if v["supported"] else "no", v["n_configs"],
+                                 v.get("reason") or v.get("note", "")]
                                 for k, v in first["losses"].items()])
     if statistics:
         lines += ["## Statistics", "", f"Computed on the {statistics.get('computed_on', 'train')} configs "

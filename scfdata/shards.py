@@ -19,7 +19,9 @@ def count_frames(path: str | os.PathLike, fmt: str | None = None) -> int:
 
 
 #: One ``key[=value]`` of an extxyz comment line; values quoted with "", '', {} or [] may hold spaces.
-_KEY_VALUE = re.compile(r"""([^\s="'{}\[\]]+)(?:\s*=\s*("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|\{[^}]*\}|\[[^\]]*\]|[^\s"'{}\[\]]*))?(?:\s+|$)""")
+_KEY_VALUE = re.compile(
+    r"""([^\s="'{}\[\]]+)"""
+    r"""(?:\s*=\s*("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|\{[^}]*\}|\[[^\]]*\]|[^\s"'{}\[\]]*))?(?:\s+|$)""")
 
 
 def _comment_keys(line: str) -> dict[str, str] | None:

@@ -7,7 +7,8 @@ Per shard, :func:`shard_sums` reduces the (training) configs to sums that add ex
   its rank, its condition number and the residual come from an orthogonal factorisation, never from
   the squared normal equations), the same for [X/N | y/N], the sums Σ X/N, Σ y/N and the count (from
   which the mean and std of the per-atom residual energies (y − X·e)/N follow without a second pass),
-  and per element the configs and atoms that carry an energy (XᵀX and Xᵀy are kept too). Only elements that occur in a config with an energy are fitted; the others get E0 = None
+  and per element the configs and atoms that carry an energy (XᵀX and Xᵀy are kept too). Only elements
+  that occur in a config with an energy are fitted; the others get E0 = None
   (listed in ``e0.elements_without_energy``) and do not count towards the rank. Supplied E0s
   (isolated-atom energies, ``finalize(..., e0={"H": -13.6})``) take precedence: the other elements are
   fitted to the energies minus the supplied part. The minimum-norm solution is reported when the
@@ -308,7 +309,8 @@ def finalize(merged: dict, e0: Mapping | None = None) -> dict:
         mean = (e["y1"] - float(np.asarray(e["X1"]) @ e0v)) / n
         r_atom = np.asarray(e["R_per_atom"], dtype=np.float64) @ np.append(e0v, -1.0)  # |r_atom|² = Σ ((y − Xe)/N)²
         per_atom = _summary({"n": n, "mean": mean, "m2": max(float(r_atom @ r_atom) - n * mean * mean, 0.0)})
-        out["atomic_energies"] = {sym: (float(v) if ok else None) for sym, v, ok in zip(symbols, e0v, known, strict=True)}
+        out["atomic_energies"] = {sym: (float(v) if ok else None)
+                                  for sym, v, ok in zip(symbols, e0v, known, strict=True)}
         info["residual_rms_per_atom"] = per_atom["rms"]
         out["e0"] = info
         out["energy_per_atom"] = per_atom
@@ -341,7 +343,8 @@ def _split_report(counts: dict) -> dict:
     def named(c):
         return dict(zip(SPLIT_NAMES, c, strict=True))
 
-    per_el = {chemical_symbols[int(z)]: named(c) for z, c in sorted(counts["per_element"].items(), key=lambda kv: int(kv[0]))}
+    per_el = {chemical_symbols[int(z)]: named(c)
+              for z, c in sorted(counts["per_element"].items(), key=lambda kv: int(kv[0]))}
     return {"configs": named(counts["configs"]), "per_element": per_el,
             "per_config_type": {t: named(c) for t, c in sorted(counts["per_config_type"].items())},
             "elements_missing_from_train": {el: [s for s in SPLIT_NAMES[1:] if c[s]] for el, c in per_el.items()

@@ -88,7 +88,8 @@ def test_index_key_typo_is_an_error_with_did_you_mean(tmp_path, capsys):
 
 
 def test_index_reads_through_blank_lines_and_ingest_checks_its_count(tmp_path):
-    """A blank line between frames 2 and 3 (as in issue 14) dropped frames 3 and 4 silently (read 2, written 2, exit 0)."""
+    """A blank line between frames 2 and 3 (as in issue 14) dropped frames 3 and 4 silently (read 2, written 2,
+    exit 0)."""
     frames = []
     for atoms in ase.io.read(WATER, index=":5"):
         buf = io.StringIO()

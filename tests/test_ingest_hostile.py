@@ -215,7 +215,8 @@ def _base_text(rng: np.random.Generator) -> str:
 _TOKENS = ["nan", "inf", "-inf", "T", "F", "abc", "1e400", "", "0x1F", "1,5", '"', "=", "1" * 400, "-0", "\t"]
 _COMMENT_EDITS = [
     ("Lattice=\"", "Lattice=\"nan "), ("Lattice=\"8.0", "Lattice=\"0.001"), ("Lattice=\"8.0", "Lattice=\"1e300"),
-    ("Lattice=\"8.0 0.0 0.0", "Lattice=\"8.0 0.0"), ("pbc=\"T T T\"", "pbc=\"T T\""), ("pbc=\"T T T\"", "pbc=\"X Y Z\""),
+    ("Lattice=\"8.0 0.0 0.0", "Lattice=\"8.0 0.0"), ("pbc=\"T T T\"", "pbc=\"T T\""),
+    ("pbc=\"T T T\"", "pbc=\"X Y Z\""),
     ("pbc=\"F F F\"", "pbc=\"T T T\""), ("E=", "E=T E_old="), ("E=", "E=\"abc\" E_old="), ("E=", "E=1e400 E_old="),
     ("Q=0.0", "Q=0.5"), ("Q=0.0", "Q=\"1 2\""), ("Q=0.0", "Q=0.0 config_weight=-1"),
     ("Q=0.0", "Q=0.0 config_weight=nan"), ("Q=0.0", "Q=0.0 config_forces_weight=-0.5"),

@@ -101,7 +101,7 @@ def _assert_one_split(directory: Path) -> dict:
 
 
 def _temporaries(directory: Path) -> list[Path]:
-    return [q for q in directory.rglob(".*") if q.is_file() and (q.name.endswith(".tmp") or q.name.endswith(".scratch"))]
+    return [q for q in directory.rglob(".*") if q.is_file() and q.name.endswith((".tmp", ".scratch"))]
 
 
 def _ids(directory: Path) -> dict[str, str]:

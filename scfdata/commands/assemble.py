@@ -125,7 +125,8 @@ def run(args) -> int:
         "on_error": base_prov.get("on_error"),
         "reference": reference,
         # settings are the same in every shard; only the per-reason counts of masked configs add up
-        "derive": {name: {**{kk: vv for kk, vv in provs[0].items() if kk not in ("inputs", "versions", "notes", "masked")},
+        "derive": {name: {**{kk: vv for kk, vv in provs[0].items()
+                             if kk not in ("inputs", "versions", "notes", "masked")},
                           "masked": _sum_counts([p.get("masked", {}) for p in provs]),
                           "notes": _sum_counts([p.get("notes", {}) for p in provs])}
                    for name, provs in derive_prov.items()},
@@ -204,7 +205,8 @@ def _publish(dataset: str, out_dir: Path, shards: list, labels: list, provenance
             os.replace(tmp, final)
     except OSError as e:
         raise ValueError(
-            f"dataset {dataset}: writing {out_dir} failed ({e.strerror or e}{': ' + e.filename if e.filename else ''}); "
+            f"dataset {dataset}: writing {out_dir} failed "
+            f"({e.strerror or e}{': ' + e.filename if e.filename else ''}); "
             "nothing of this run was published (the previous set, if any, is unchanged): free disk space or raise "
             "the file size limit, then rerun"
         ) from None

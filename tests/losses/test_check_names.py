@@ -75,7 +75,8 @@ def _h5(tmp_path):
     cols = Columns(
         n_atoms=n_atoms, n_molecules=np.array([1, 1]),
         configs={"energy": rng.normal(size=2), "weight": np.ones(2), "pbc": np.zeros((2, 3), bool),
-                 "cell": np.zeros((2, 3, 3)), "config_type": np.array(["a", "a"]), "source": np.zeros((2, 2), np.int64)},
+                 "cell": np.zeros((2, 3, 3)), "config_type": np.array(["a", "a"]),
+                 "source": np.zeros((2, 2), np.int64)},
         atoms={"numbers": np.ones(N, np.int64), "positions": rng.normal(size=(N, 3)),
                "forces": rng.normal(size=(N, 3))},
         masks={"energy": np.ones(2, bool), "forces": np.ones(2, bool)},

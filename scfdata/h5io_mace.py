@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 
 from .export import MaceBlock
+from .h5io import remove_stale_temporaries
 
 _STR = h5py.string_dtype("utf-8")
 
@@ -61,6 +62,7 @@ def write_mace_file(path: str | os.PathLike, blocks: Iterable[MaceBlock], *, dro
     """Write blocks of configs as one MACE HDF5 file (configs numbered on across blocks)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)  # a killed earlier writer's
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     w = _Writer()
     try:

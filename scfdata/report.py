@@ -17,7 +17,7 @@ import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 
 from . import fields
-from .h5io import ScfdataFile
+from .h5io import ScfdataFile, remove_stale_temporaries
 from .inspect import format_value, summarize
 from .split import SPLIT_NAMES, missing_elements_text
 
@@ -248,6 +248,7 @@ def build_report(manifest: dict, statistics: dict | None, out_path: str | os.Pat
         lines += ["## Plots", ""]
         for title, name in made:
             lines += [f"### {title}", "", f"![{title}](plots/{name})", ""]
+    remove_stale_temporaries(out_path)  # a killed earlier writer's
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     tmp.write_text("\n".join(lines).rstrip() + "\n")
     os.replace(tmp, out_path)

@@ -67,3 +67,13 @@ def test_report_reads_statistics_without_the_new_fields(tmp_path):
              "e0": {"n_configs": 3, "rank": 1, "n_elements": 1, "underdetermined": False}, "scales": {}}
     text = build_report(MANIFEST, stats, tmp_path / "report.md").read_text()
     assert "| H | -13.6 | – | – | – |" in text and "## Splits" not in text
+
+
+def test_report_removes_the_temporary_a_killed_writer_left(tmp_path):
+    """A report job killed between writing its temporary and the rename leaves `.report.md.<pid>.tmp`;
+    the next write removes it (its writer is no longer running)."""
+    stale = tmp_path / ".report.md.999999999.tmp"
+    stale.write_text("half a report")
+    build_report(MANIFEST, _statistics(), tmp_path / "report.md")
+    assert not stale.exists()
+    assert (tmp_path / "report.md").read_text().startswith("# scfdata report")

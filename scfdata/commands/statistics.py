@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import fields
 from ..columns import ranges_index
-from ..h5io import ScfdataFile
+from ..h5io import ScfdataFile, remove_stale_temporaries
 from ..split import SPLIT_NAMES, missing_elements_text, read_split
 from ..statistics import finalize, merge, shard_sums, split_counts
 from . import json_file, json_option
@@ -44,6 +44,7 @@ def register(sub) -> None:
 def _write_json(path: str, obj: dict) -> None:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # a killed earlier writer's
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n")
     os.replace(tmp, out)

@@ -24,13 +24,24 @@ test and valid: when no split with every element in train reaches the target cou
 groups carry as many elements as possible, and :func:`elements_missing_from_train` names the others
 (a warning in the split log and the report). Deterministic for a seed. Not supported: stratification,
 weights.
+
+**Duplicates** (``scfdata split --quality results/<ds>/quality.npz``): every config that the quality step
+found to be a copy of an earlier one (``original >= 0``) joins the group of that first copy, and groups
+so joined merge (a union: a duplicate never straddles splits, whatever ``by``). Without ties the groups,
+and so the labels, are exactly those of a split without the file. With ``random`` a tied set is one
+group, so test and valid can overshoot their counts by at most one set. :func:`read_quality` reads and
+checks that file (contract: per shard ``flags_<k>`` uint32 bitmasks over ``flag_names`` and
+``original_<k>``, the global position of the first copy or -1; ``meta`` JSON).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import zipfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -263,3 +274,122 @@ def read_split(path: str | os.PathLike) -> tuple[list[np.ndarray], dict]:
     with np.load(path) as z:
         n = int(z["n_shards"])
         return [z[f"labels_{k}"] for k in range(n)], json.loads(str(z["meta"]))
+
+
+# ------------------------------------------------------------------------------------------------
+# quality flags (results/<ds>/quality.npz, written by the quality step): duplicates tie groups,
+# `quality.drop` turns flags into rejects at assemble
+# ------------------------------------------------------------------------------------------------
+
+QUALITY_FLAGS = ("duplicate", "near_duplicate", "energy_outlier", "force_outlier", "charge_renormalised",
+                 "dipole_disagreement")
+_RERUN = "a stale or damaged file: rerun the workflow (its quality step rewrites it)"
+
+
+@dataclass
+class Quality:
+    """The flags of a dataset's configs, per shard (in shard order)."""
+
+    path: str
+    flag_names: list[str]
+    flags: list[np.ndarray]  # uint32 bitmask per config, bit i = flag_names[i]
+    original: list[np.ndarray]  # int64 global position of the first copy, -1 when not a copy
+    meta: dict
+
+    def known(self) -> list[str]:
+        return list(self.flag_names) + [n for n in QUALITY_FLAGS if n not in self.flag_names]
+
+    def mask_of(self, names: Sequence[str], option: str = "drop") -> int:
+        """The bitmask of ``names``; a name that is no known flag is a ValueError listing the known ones
+        (a known flag that this file does not carry has no bit: nothing carries it)."""
+        unknown = [n for n in names if n not in self.known()]
+        if unknown:
+            raise ValueError(f"{option}: unknown flag(s) {', '.join(map(repr, unknown))}; known flags: "
+                             f"{', '.join(self.known())}")
+        return sum(1 << self.flag_names.index(n) for n in set(names) if n in self.flag_names)
+
+    def counts(self, flags: np.ndarray) -> dict[str, int]:
+        """Flag name -> how many of ``flags`` (bitmasks) carry it, for every flag of the file."""
+        flags = np.asarray(flags, dtype=np.uint32)
+        bits = (flags[:, None] >> np.arange(len(self.flag_names), dtype=np.uint32)) & 1
+        return dict(zip(self.flag_names, bits.sum(axis=0).astype(int).tolist()))
+
+
+def _quality_array(z, path: str, key: str) -> np.ndarray:
+    if key not in z.files:
+        raise ValueError(f"{path}: no array {key!r}: {_RERUN}")
+    try:
+        return z[key]
+    except ValueError as e:  # an object array (needs pickle)
+        raise ValueError(f"{path}: array {key!r} is not plain data ({e}): {_RERUN}") from None
+
+
+def _check_original(path: str, k: int, original: np.ndarray, offset: int) -> None:
+    """-1, or the global position of an earlier config."""
+    pos = offset + np.arange(len(original))
+    bad = np.flatnonzero((original < -1) | (original >= pos))
+    if bad.size:
+        j = int(bad[0])
+        raise ValueError(f"{path}: original_{k}[{j}] = {int(original[j])}: expected -1 or the global position of "
+                         f"an earlier config (0..{int(pos[j]) - 1}): {_RERUN}")
+
+
+def read_quality(path: str | os.PathLike, sizes: Sequence[int], shards: Sequence[str] = ()) -> Quality:
+    """Read and check a quality.npz against the shards' config counts ``sizes`` (shard paths ``shards``
+    only name them in errors). Any mismatch is a one-line ValueError."""
+    path = str(path)
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: not a quality .npz ({e}): {_RERUN}") from None
+    with z:
+        names = _quality_array(z, path, "flag_names")
+        if names.ndim != 1 or names.dtype.kind != "U" or len(names) > 32:
+            raise ValueError(f"{path}: flag_names: expected a 1-d str array of at most 32 names, found dtype "
+                             f"{names.dtype} with shape {names.shape}: {_RERUN}")
+        n_shards = len({m.group(1) for f in z.files if (m := re.fullmatch(r"flags_(\d+)", f))})
+        if n_shards != len(sizes):
+            raise ValueError(f"{path}: flags for {n_shards} shards, the dataset has {len(sizes)} shards: {_RERUN}")
+        try:
+            meta = json.loads(str(_quality_array(z, path, "meta")))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: meta is not JSON ({e}): {_RERUN}") from None
+        flags, original, offset = [], [], 0
+        for k, n in enumerate(sizes):
+            where = f"shard {k}" + (f" ({shards[k]})" if k < len(shards) else "")
+            f_k = _quality_array(z, path, f"flags_{k}")
+            o_k = _quality_array(z, path, f"original_{k}")
+            for key, a, kind in ((f"flags_{k}", f_k, "ui"), (f"original_{k}", o_k, "i")):
+                if a.ndim != 1 or a.dtype.kind not in kind or len(a) != n:
+                    raise ValueError(f"{path}: {key}: expected {n} integers (the configs of {where}), found dtype "
+                                     f"{a.dtype} with shape {a.shape}: {_RERUN}")
+            if len(f_k) and (f_k.astype(np.int64) >> len(names)).any():
+                raise ValueError(f"{path}: flags_{k} sets bits beyond the {len(names)} flag_names: {_RERUN}")
+            _check_original(path, k, o_k.astype(np.int64), offset)
+            flags.append(f_k.astype(np.uint32))
+            original.append(o_k.astype(np.int64))
+            offset += n
+    return Quality(path, [str(n) for n in names], flags, original, meta if isinstance(meta, dict) else {})
+
+
+def tie_duplicates(groups: np.ndarray | None, original: np.ndarray) -> tuple[np.ndarray | None, int]:
+    """(group id per config, number of configs tied) with every config whose ``original`` (global
+    position, -1 = none) is >= 0 in one group with that config; groups so linked merge (connected
+    components), each keeping the smallest id of its members, so without ties the ids are unchanged.
+    ``groups`` None = every config its own group (returned as None when nothing is tied)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    original = np.asarray(original, dtype=np.int64)
+    tied = np.flatnonzero(original >= 0)
+    if not tied.size:
+        return groups, 0
+    gid = np.arange(len(original)) if groups is None else np.asarray(groups, dtype=np.int64)
+    uniq, inv = np.unique(gid, return_inverse=True)
+    inv = inv.reshape(-1)
+    n = len(uniq)
+    graph = coo_matrix((np.ones(tied.size), (inv[tied], inv[original[tied]])), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    smallest = np.full(comp.max() + 1, n, dtype=np.int64)
+    np.minimum.at(smallest, comp, np.arange(n))
+    return uniq[smallest[comp]][inv], int(tied.size)

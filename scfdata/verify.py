@@ -11,11 +11,15 @@ Arrays are read in blocks, so memory stays bounded whatever the file size.
 A directory: manifest.json present and naming a ``split_id``; every split it lists present, of the
 recorded size and config count, carrying the same id, and verified as a file; split files it does not
 list (a stale set's) are problems; temporaries of killed jobs are warnings (the next run removes them).
+The counts reconcile: configs in = written + rejected (quality.drop's rejects included), written = the
+splits' configs, every split file's /rejects and rejects.tsv hold the rejected rows; with quality flags,
+the manifest's per-flag counts are the sums over its splits and each split file's provenance agrees.
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -247,6 +251,48 @@ def _temporaries(directory: Path) -> list[Path]:
     return out
 
 
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _count_problems(d: Path, manifest: dict, sound: list[str]) -> list[str]:
+    """The manifest's counts against each other, rejects.tsv and the sound split files ``sound`` (see the
+    module docstring). Counts an older manifest lacks are not checked."""
+    man, out = d / MANIFEST, []
+    n_in, n_w, n_r = (manifest.get(k) for k in ("configs_in", "written", "rejected"))
+    fix = "the set was changed after publication; rerun the workflow"
+    if all(map(_is_count, (n_in, n_w, n_r))) and n_in != n_w + n_r:
+        out.append(f"{man}: counts do not reconcile: configs_in {n_in} != written {n_w} + rejected {n_r}; {fix}")
+    splits = manifest.get("splits") or {}
+    in_splits = sum(e.get("n_configs", 0) for e in splits.values() if isinstance(e, dict))
+    if _is_count(n_w) and splits and in_splits != n_w:
+        out.append(f"{man}: counts do not reconcile: written {n_w}, its splits hold {in_splits}; {fix}")
+    tsv = d / "rejects.tsv"
+    if _is_count(n_r) and tsv.is_file():
+        with open(tsv, "rb") as fh:
+            rows = sum(1 for line in fh if line.strip()) - 1
+        if rows != n_r:
+            out.append(f"{tsv}: {rows} rows, {man} says rejected {n_r}: counts do not reconcile; {fix}")
+    quality = manifest.get("quality")
+    by_split = quality.get("by_split") or {} if isinstance(quality, dict) else {}
+    if isinstance(quality, dict) and isinstance(quality.get("flags"), dict):
+        total = Counter()
+        for counts in by_split.values():
+            total.update(counts)
+        if any(total.get(k, 0) != v for k, v in quality["flags"].items()):
+            out.append(f"{man}: quality flags {quality['flags']} are not the sums over by_split {by_split}; {fix}")
+    for name in sound:
+        with ScfdataFile(d / f"{name}.h5", check_publication=False) as f:
+            n_rows = f.array_info("rejects/source")[1][0] if "rejects" in f.groups() else 0
+            prov = f.provenance.get("quality")
+        if _is_count(n_r) and n_rows != n_r:
+            out.append(f"{d / name}.h5: /rejects holds {n_rows} rows, {man} says rejected {n_r}; {fix}")
+        if isinstance(quality, dict) and (prov or {}).get("flags") != by_split.get(name):
+            out.append(f"{d / name}.h5: provenance quality flags {(prov or {}).get('flags')}, {man} quality.by_split."
+                       f"{name} says {by_split.get(name)}; {fix}")
+    return out
+
+
 def verify_dir(directory: str | os.PathLike, *, checksums: bool = True) -> Report:
     """Check a results directory's published set (see the module docstring)."""
     d = Path(directory)
@@ -266,6 +312,7 @@ def verify_dir(directory: str | os.PathLike, *, checksums: bool = True) -> Repor
         if not manifest.get("split_id"):
             rep.problems.append(f"{d / MANIFEST}: no split_id (written by an older scfdata): the split files "
                                 "cannot be checked as one set; rerun the workflow")
+    sound: list[str] = []
     for name in present:
         path = d / f"{name}.h5"
         if listed and name not in listed:
@@ -275,6 +322,8 @@ def verify_dir(directory: str | os.PathLike, *, checksums: bool = True) -> Repor
         sub = verify_file(path, checksums=checksums)
         rep.extend(sub)
         entry = listed.get(name) or {}
+        if sub.ok:
+            sound.append(name)
         if sub.ok and entry:
             with ScfdataFile(path, check_publication=False) as f:
                 if "n_configs" in entry and f.n_configs != entry["n_configs"]:
@@ -282,6 +331,8 @@ def verify_dir(directory: str | os.PathLike, *, checksums: bool = True) -> Repor
             if "bytes" in entry and path.stat().st_size != entry["bytes"]:
                 rep.problems.append(f"{path}: {path.stat().st_size} bytes, {MANIFEST} says {entry['bytes']}: "
                                     "changed after publication; rerun the workflow")
+    if manifest is not None:
+        rep.problems += _count_problems(d, manifest, [n for n in sound if n in listed])
     for name in listed:
         if name not in present:
             rep.problems.append(f"{d / (name + '.h5')}: listed in {d / MANIFEST} but missing; rerun the workflow "

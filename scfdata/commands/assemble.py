@@ -12,6 +12,13 @@ split file carrying the set's ``split_id``), then the split files are renamed in
 that the new one does not have are removed after that. A reader refuses a split file whose id is not
 the manifest's, so a run stopped at any point (kill, full disk) never leaves two splits readable side by
 side; temporaries of a killed run are removed by the next one.
+
+Quality (``--quality results/<ds>/quality.npz``, optional): each split file's provenance and the manifest
+carry ``quality`` (the settings, per flag the configs carrying it, per split in the manifest). ``--drop``
+(a JSON list of flag names, the config's ``quality.drop``) turns every config carrying one of them into a
+reject, one row each, with the reason ``quality: <flag> ...`` (the first of its flags in ``drop`` order;
+a duplicate names its first copy as ``file:frame``); ``dropped`` counts them per that flag, so the counts
+still reconcile (in = written + rejected).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from ..h5io import MANIFEST, ScfdataFile, assemble, remove_stale_temporaries
 from ..ingest import check_keys_found
 from ..keys import KeyMapping
 from ..provenance import versions
-from ..split import SPLIT_NAMES, read_split
+from ..split import SPLIT_NAMES, Quality, read_quality, read_split
 from . import json_file, json_option
 
 log = logging.getLogger("scfdata.assemble")
@@ -43,6 +50,9 @@ def register(sub) -> None:
     p.add_argument("--reference", default="{}", help="JSON: the reference settings (recorded in the provenance)")
     p.add_argument("--shard-files", nargs="+", required=True, metavar="BASE[,FRAGMENT...]",
                    help="one argument per shard: its base file, then its fragments, comma-separated")
+    p.add_argument("--quality", help="results/<dataset>/quality.npz from the quality step (flag counts, --drop)")
+    p.add_argument("--drop", default="[]", help='JSON list of flags whose configs become rejects, e.g. '
+                   '\'["duplicate", "energy_outlier"]\' (needs --quality)')
     p.add_argument("-o", "--output", required=True, help="output folder (results/<dataset>)")
     p.set_defaults(func=run)
 
@@ -66,6 +76,47 @@ def _clean(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _drop_list(text: str, quality: str | None) -> list[str]:
+    try:
+        drop = json.loads(text)
+    except json.JSONDecodeError:
+        drop = None
+    if not isinstance(drop, list) or not all(isinstance(d, str) for d in drop):
+        raise ValueError(f"--drop: expected a JSON list of flag names, e.g. '[\"duplicate\"]', got {text[:80]!r}")
+    if drop and not quality:
+        raise ValueError(f"--drop {text}: needs --quality results/<dataset>/quality.npz (the flags to drop by)")
+    return list(dict.fromkeys(drop))
+
+
+class _Dropped:
+    """The configs that ``drop`` turns into rejects: per shard which to keep, the reject rows, and per
+    flag how many (each dropped config counted once, under the first of its flags in ``drop`` order)."""
+
+    def __init__(self, quality: Quality, drop: list[str], sources: list[np.ndarray], paths: dict):
+        mask = quality.mask_of(drop, "--drop")
+        self.keep = [(f & np.uint32(mask)) == 0 for f in quality.flags]
+        self.counts = dict.fromkeys(drop, 0)
+        self.rejects: list[tuple[int, int, str]] = []
+        if not mask:
+            return
+        flags, original = np.concatenate(quality.flags), np.concatenate(quality.original)
+        source = np.concatenate(sources).reshape(-1, 2)
+        gone = np.flatnonzero(~np.concatenate(self.keep))
+        bits = {name: 1 << quality.flag_names.index(name) for name in drop if name in quality.flag_names}
+        first = np.full(len(gone), "", dtype=object)
+        for name, bit in reversed(bits.items()):  # the first in drop order wins
+            first[(flags[gone] & bit) != 0] = name
+        self.counts.update(Counter(first.tolist()))
+        for i, name in zip(gone.tolist(), first.tolist()):
+            text = f"quality: {name}"
+            if name in ("duplicate", "near_duplicate") and original[i] >= 0:
+                f_i, fr = source[original[i]].tolist()
+                text += f" of {paths.get(f_i, f_i)}:{fr}"
+            also = [n for n, bit in bits.items() if n != name and flags[i] & bit]
+            text += f" (also {', '.join(also)}; dropped by quality.drop)" if also else " (dropped by quality.drop)"
+            self.rejects.append((int(source[i, 0]), int(source[i, 1]), text))
+
+
 def run(args) -> int:
     shards = [s.split(",") for s in args.shard_files]
     reference = json_option(args.reference, "--reference", "a JSON object of the reference settings")
@@ -81,7 +132,9 @@ def run(args) -> int:
     rejects: list[tuple[int, int, str]] = []
     base_prov: dict = {}
     derive_prov: dict[str, list[dict]] = {}
+    sources: list[np.ndarray] = []
     n_written = 0
+    drop = _drop_list(args.drop, args.quality)
     for k, files in enumerate(shards):
         with ScfdataFile(files[0]) as f:
             prov = f.provenance
@@ -90,6 +143,7 @@ def run(args) -> int:
                                  "for it: rerun the split (the shards changed)")
             n_written += f.n_configs
             rejects += f.rejects()
+            sources.append(np.asarray(f.raw("configs", "source")) if f.n_configs else np.zeros((0, 2), np.int64))
         base_prov = base_prov or prov
         ing = prov.get("ingest", {})
         coverage.update(ing.get("coverage", {}))
@@ -114,6 +168,13 @@ def run(args) -> int:
             "--forceall"
         )
     paths = {k: i.get("path", str(k)) for k, i in enumerate(inputs)}
+    quality = None
+    if args.quality:
+        quality = read_quality(args.quality, [len(lab) for lab in labels], [files[0] for files in shards])
+        dropped = _Dropped(quality, drop, sources, paths)
+        labels = [np.where(keep, lab, -1).astype(np.int8) for lab, keep in zip(labels, dropped.keep)]
+        rejects = sorted(rejects + dropped.rejects, key=lambda r: (r[0], r[1]))
+        n_written -= len(dropped.rejects)
     if n_written == 0:
         raise ValueError(_nothing_written(args.dataset, n_in, rejects, paths))
 
@@ -136,12 +197,29 @@ def run(args) -> int:
         "versions": versions(),
     }
 
-    _publish(args.dataset, out_dir, shards, labels, provenance, rejects, paths, n_in, n_written)
+    if quality is not None:
+        provenance["quality"] = {"settings": {**quality.meta.get("settings", {}), "drop": drop},
+                                 "dropped": dropped.counts}
+    _publish(args.dataset, out_dir, shards, labels, provenance, rejects, paths, n_in, n_written, quality)
     return 0
 
 
+def _quality_counts(quality: Quality | None, labels: list, name_index: int) -> dict | None:
+    """Flag counts of the configs labelled ``name_index`` (dropped configs are labelled -1)."""
+    if quality is None:
+        return None
+    flags = np.concatenate([f[lab == name_index] for f, lab in zip(quality.flags, labels)])
+    return {"flags": quality.counts(flags), "flagged": int((flags != 0).sum())}
+
+
+def _reason_kind(reason: str) -> str:
+    """The text before the first colon; for a quality reject ``quality: <flag>``."""
+    head, _, rest = _clean(reason).partition(":")
+    return f"quality: {rest.split()[0]}" if head == "quality" and rest.split() else head
+
+
 def _reasons(rejects: list[tuple[int, int, str]]) -> dict[str, int]:
-    return dict(Counter(_clean(r[2]).split(":")[0] for r in rejects).most_common())
+    return dict(Counter(_reason_kind(r[2]) for r in rejects).most_common())
 
 
 def _nothing_written(dataset: str, n_in: int, rejects: list, paths: dict) -> str:
@@ -157,7 +235,7 @@ def _nothing_written(dataset: str, n_in: int, rejects: list, paths: dict) -> str
 
 
 def _publish(dataset: str, out_dir: Path, shards: list, labels: list, provenance: dict,
-             rejects: list, paths: dict, n_in: int, n_written: int) -> None:
+             rejects: list, paths: dict, n_in: int, n_written: int, quality: Quality | None = None) -> None:
     """Write the set under temporary names, then rename: split files, rejects.tsv, manifest.json last."""
     split_id = uuid.uuid4().hex
     finals = [out_dir / f"{name}.h5" for name in SPLIT_NAMES] + [out_dir / "rejects.tsv", out_dir / MANIFEST]
@@ -171,7 +249,8 @@ def _publish(dataset: str, out_dir: Path, shards: list, labels: list, provenance
         staged.append((tmp, final))
         return tmp
 
-    written = {}
+    written: dict = {}
+    by_split: dict = {}
     try:
         for i, name in enumerate(SPLIT_NAMES):
             rows = [np.flatnonzero(lab == i) for lab in labels]
@@ -180,8 +259,12 @@ def _publish(dataset: str, out_dir: Path, shards: list, labels: list, provenance
                 continue
             final = out_dir / f"{name}.h5"
             tmp = stage(final)
-            assemble(tmp, [shards[k] for k in keep], [rows[k] for k in keep],
-                     provenance={**provenance, "split_name": name}, rejects=rejects,
+            prov = {**provenance, "split_name": name}
+            if quality is not None:
+                counts = _quality_counts(quality, labels, i)
+                by_split[name] = counts["flags"]
+                prov["quality"] = {**prov["quality"], **counts}
+            assemble(tmp, [shards[k] for k in keep], [rows[k] for k in keep], provenance=prov, rejects=rejects,
                      root_attrs={"split_id": split_id, "split_name": name}, in_place=True)
             written[name] = {"path": str(final), "n_configs": int(sum(len(rows[k]) for k in keep)),
                              "bytes": tmp.stat().st_size}
@@ -200,6 +283,9 @@ def _publish(dataset: str, out_dir: Path, shards: list, labels: list, provenance
             "rejects": str(tsv),
             "reject_reasons": _reasons(rejects),
         }
+        if quality is not None:
+            total = _quality_counts(quality, [np.where(lab >= 0, 0, -1) for lab in labels], 0)
+            manifest["quality"] = {**total, "dropped": provenance["quality"]["dropped"], "by_split": by_split}
         stage(out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
         for tmp, final in staged:  # the manifest is staged last, so it is renamed last
             os.replace(tmp, final)

@@ -17,6 +17,8 @@ from ..split import (
     elements_missing_from_train,
     missing_elements_message,
     molecule_set_keys,
+    read_quality,
+    tie_duplicates,
     write_split,
 )
 from . import json_option
@@ -31,6 +33,7 @@ def register(sub) -> None:
                    help="JSON: {valid_fraction, test_fraction, seed, by: random|config_type|composition}")
     p.add_argument("--molecules", nargs="*", default=[],
                    help="the shards' molecules fragments (same order), used by `by: composition`")
+    p.add_argument("--quality", help="results/<ds>/quality.npz: every duplicate joins its first copy's group")
     p.add_argument("-o", "--output", required=True, help="split .npz (labels_<k> int8 per shard)")
     p.set_defaults(func=run)
 
@@ -81,6 +84,21 @@ def _elements(shards: list[str], sizes: list[int]) -> tuple[list[int], list[np.n
     return zs, out
 
 
+def _tie(path: str, shards: list[str], sizes: list[int],
+         groups: list[np.ndarray] | None) -> tuple[list[np.ndarray] | None, dict]:
+    """Groups with every duplicate of the quality file joined to its first copy's; the split meta's
+    ``quality`` entry (the file, configs tied, groups before and after)."""
+    quality = read_quality(path, sizes, shards)
+    flat = np.concatenate(groups) if groups else None
+    tied_flat, n_tied = tie_duplicates(flat, np.concatenate(quality.original) if sizes else np.zeros(0, np.int64))
+    before = sum(sizes) if flat is None else len(np.unique(flat))
+    after = before if tied_flat is None else len(np.unique(tied_flat))
+    if tied_flat is not None:
+        groups = list(np.split(tied_flat, np.cumsum(sizes)[:-1]))
+    log.info("split: %d configs tied to their first copy (%s): %d groups -> %d", n_tied, path, before, after)
+    return groups, {"file": path, "tied": n_tied, "groups_before": before, "groups_after": after}
+
+
 def run(args) -> int:
     s = json_option(args.settings, "--settings", "a JSON object of the dataset's split settings")
     unknown = set(s) - {"valid_fraction", "test_fraction", "seed", "by"}
@@ -95,6 +113,9 @@ def run(args) -> int:
     sizes = []
     zs, elements = _elements(args.shards, sizes)
     group_names, groups = (None, None) if by == "random" else _groups(by, args.shards, args.molecules)
+    quality_meta = None
+    if args.quality:
+        groups, quality_meta = _tie(args.quality, args.shards, sizes, groups)
     labels = assign_splits(sizes, valid_fraction=float(s.get("valid_fraction", 0.0)),
                            test_fraction=float(s.get("test_fraction", 0.0)), seed=int(s.get("seed", 0)),
                            groups=groups, elements=elements)
@@ -104,6 +125,8 @@ def run(args) -> int:
     meta = {"settings": {"by": by, **s}, "counts": dict(zip(SPLIT_NAMES, counts)),
             "n_groups": None if group_names is None else len(group_names), "shards": list(args.shards),
             "elements_missing_from_train": missing}
+    if quality_meta is not None:
+        meta["quality"] = quality_meta
     write_split(args.output, labels, meta)
     log.info("split %d configs (%s): train %d, valid %d, test %d%s", sum(sizes), by, *counts,
              "" if group_names is None else f" from {len(group_names)} groups")

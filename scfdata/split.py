@@ -296,6 +296,20 @@ class Quality:
     original: list[np.ndarray]  # int64 global position of the first copy, -1 when not a copy
     meta: dict
 
+    @property
+    def settings(self) -> dict:
+        settings = self.meta.get("settings")
+        return settings if isinstance(settings, dict) else {}
+
+    def straddling(self, labels: Sequence[np.ndarray]) -> int:
+        """How many copies sit in another split than their first copy (labels per shard; < 0 = not
+        written, not counted): 0 for a split made with this file (``scfdata split --quality``)."""
+        lab = np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
+        orig = np.concatenate(self.original) if self.original else np.zeros(0, np.int64)
+        tied = np.flatnonzero(orig >= 0)
+        a, b = lab[tied], lab[orig[tied]]
+        return int(((a >= 0) & (b >= 0) & (a != b)).sum())
+
     def known(self) -> list[str]:
         return list(self.flag_names) + [n for n in QUALITY_FLAGS if n not in self.flag_names]
 

@@ -281,6 +281,11 @@ def _count_problems(d: Path, manifest: dict, sound: list[str]) -> list[str]:
             total.update(counts)
         if any(total.get(k, 0) != v for k, v in quality["flags"].items()):
             out.append(f"{man}: quality flags {quality['flags']} are not the sums over by_split {by_split}; {fix}")
+        n_dropped = sum((quality.get("dropped") or {}).values())
+        n_quality = sum(v for k, v in (manifest.get("reject_reasons") or {}).items() if k.startswith("quality:"))
+        if n_dropped != n_quality:
+            out.append(f"{man}: quality dropped {n_dropped} configs, reject_reasons count {n_quality} quality rejects; "
+                       f"{fix}")
     for name in sound:
         with ScfdataFile(d / f"{name}.h5", check_publication=False) as f:
             n_rows = f.array_info("rejects/source")[1][0] if "rejects" in f.groups() else 0

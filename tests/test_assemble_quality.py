@@ -355,3 +355,24 @@ def test_verify_finds_counts_that_do_not_reconcile(data):
     (out / "manifest.json").write_text(json.dumps(man))
     problems = verify(out).problems
     assert any("quality" in p and "train" in p for p in problems), problems
+    man["quality"]["by_split"]["train"]["near_duplicate"] -= 1
+    man["quality"]["dropped"]["duplicate"] += 1
+    (out / "manifest.json").write_text(json.dumps(man))
+    problems = verify(out).problems
+    assert any("quality dropped 5" in p for p in problems), problems
+
+
+def test_assemble_warns_when_the_split_was_made_without_the_quality_file(data, caplog):
+    for seed in range(20):  # a seed whose plain split puts a copy apart from its first copy
+        lab, _ = _split(data, {"valid_fraction": 0.3, "test_fraction": 0.3, "seed": seed}, f"w{seed}.npz")
+        apart = sum(lab[dup] != lab[orig] for dup, orig in {**DUPLICATES, **NEAR_DUPLICATES}.items())
+        if apart:
+            break
+    with caplog.at_level("WARNING", logger="scfdata.assemble"):
+        _assemble(data, "apart", "--quality", str(data["quality"]), split=f"w{seed}.npz")
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(f"{apart} duplicate(s)" in w and "--quality" in w for w in warned), warned
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="scfdata.assemble"):
+        _assemble(data, "together", "--quality", str(data["quality"]))
+    assert not [r for r in caplog.records if "duplicate(s)" in r.getMessage()]

@@ -173,6 +173,10 @@ def run(args) -> int:
         quality = read_quality(args.quality, [len(lab) for lab in labels], [files[0] for files in shards])
         dropped = _Dropped(quality, drop, sources, paths)
         labels = [np.where(keep, lab, -1).astype(np.int8) for lab, keep in zip(labels, dropped.keep)]
+        if n_apart := quality.straddling(labels):
+            log.warning("assemble: %d duplicate(s) of %s sit in another split than their first copy: %s was made "
+                        "without it; rerun `scfdata split ... --quality %s`", n_apart, args.quality, args.split,
+                        args.quality)
         rejects = sorted(rejects + dropped.rejects, key=lambda r: (r[0], r[1]))
         n_written -= len(dropped.rejects)
     if n_written == 0:
@@ -198,16 +202,14 @@ def run(args) -> int:
     }
 
     if quality is not None:
-        provenance["quality"] = {"settings": {**quality.meta.get("settings", {}), "drop": drop},
+        provenance["quality"] = {"settings": {**quality.settings, "drop": drop},
                                  "dropped": dropped.counts}
     _publish(args.dataset, out_dir, shards, labels, provenance, rejects, paths, n_in, n_written, quality)
     return 0
 
 
-def _quality_counts(quality: Quality | None, labels: list, name_index: int) -> dict | None:
+def _quality_counts(quality: Quality, labels: list, name_index: int) -> dict:
     """Flag counts of the configs labelled ``name_index`` (dropped configs are labelled -1)."""
-    if quality is None:
-        return None
     flags = np.concatenate([f[lab == name_index] for f, lab in zip(quality.flags, labels)])
     return {"flags": quality.counts(flags), "flagged": int((flags != 0).sum())}
 

@@ -376,3 +376,38 @@ def test_assemble_warns_when_the_split_was_made_without_the_quality_file(data, c
     with caplog.at_level("WARNING", logger="scfdata.assemble"):
         _assemble(data, "together", "--quality", str(data["quality"]))
     assert not [r for r in caplog.records if "duplicate(s)" in r.getMessage()]
+
+
+def _npz(path: Path, sizes, **override) -> Path:
+    arrays = {"flag_names": np.array(FLAG_NAMES), "meta": np.array(json.dumps({"settings": {"drop": []}}))}
+    for k, n in enumerate(sizes):
+        arrays[f"flags_{k}"] = np.zeros(n, np.uint32)
+        arrays[f"original_{k}"] = np.full(n, -1, np.int64)
+    arrays.update(override)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path
+
+
+def test_read_quality_takes_empty_shards_and_names_what_is_wrong(tmp_path):
+    from scfdata.split import read_quality
+
+    q = read_quality(_npz(tmp_path / "ok.npz", [2, 0, 3], flags_2=np.array([0, 5, 8], np.uint32),
+                          original_2=np.array([-1, 0, 1])), [2, 0, 3])
+    assert [len(f) for f in q.flags] == [2, 0, 3] and q.flag_names == FLAG_NAMES
+    assert q.counts(np.concatenate(q.flags)) == {**dict.fromkeys(FLAG_NAMES, 0), "duplicate": 1,
+                                                 "energy_outlier": 1, "force_outlier": 1}
+    assert q.straddling([np.array([0, 1]), np.zeros(0, np.int8), np.array([1, 1, 1])]) == 1  # config 3 (1) vs 0 (0)
+    assert q.straddling([np.array([0, 1]), np.zeros(0, np.int8), np.array([1, -1, 1])]) == 0  # 3 dropped
+    assert q.mask_of(["duplicate", "energy_outlier"]) == 5
+    with pytest.raises(ValueError, match="unknown flag.*'dup'.*known flags: duplicate, near_duplicate"):
+        q.mask_of(["dup"])
+    cases = [({"original_1": None}, "no array 'original_1'"),
+             ({"flags_0": np.array([0, 64], np.uint32)}, "flags_0 sets bits beyond the 6 flag_names"),
+             ({"flags_0": np.array([0.0, 1.0])}, "flags_0: expected 2 integers"),
+             ({"original_0": np.array([-1, 1])}, r"original_0\[1\] = 1: expected -1 or .* \(0..0\)"),
+             ({"flag_names": np.array([1, 2])}, "flag_names: expected a 1-d str array"),
+             ({"meta": np.array("{bad")}, "meta is not JSON")]
+    for override, message in cases:
+        with pytest.raises(ValueError, match=message) as e:
+            read_quality(_npz(tmp_path / "bad.npz", [2, 0, 3], **override), [2, 0, 3])
+        assert "\n" not in str(e.value) and "rerun the workflow" in str(e.value)

@@ -188,10 +188,10 @@ def format_text(s: dict) -> str:
     return "\n".join(parts)
 
 
-def _plain(v) -> str:
+def plain_value(v) -> str:
     """A provenance value as text: numbers as in the tables, strings as they are (no quotes, no escapes)."""
     if isinstance(v, (list, tuple)):
-        return ", ".join(_plain(x) for x in v) if v else "none"
+        return ", ".join(plain_value(x) for x in v) if v else "none"
     if isinstance(v, bool) or v is None:
         return {True: "true", False: "false", None: "none"}[v]
     return format_value(v)
@@ -201,12 +201,12 @@ def _provenance_lines(key: str, value, indent: str) -> list[str]:
     """``key: value`` lines: a dict's plain entries on one line as ``k = v, ...``, its nested dicts below
     it, indented; empty dicts left out."""
     if not isinstance(value, dict):
-        return [f"{indent}{key}: {_plain(value)}"]
+        return [f"{indent}{key}: {plain_value(value)}"]
     if not value:
         return []
     flat = {k: v for k, v in value.items() if not isinstance(v, dict)}
     nested = {k: v for k, v in value.items() if isinstance(v, dict) and v}
-    head = f"{indent}{key}:" + (" " + ", ".join(f"{k} = {_plain(v)}" for k, v in flat.items()) if flat else "")
+    head = f"{indent}{key}:" + (" " + ", ".join(f"{k} = {plain_value(v)}" for k, v in flat.items()) if flat else "")
     lines = [head] if flat or nested else []
     for k, v in nested.items():
         lines += _provenance_lines(k, v, indent + "  ")

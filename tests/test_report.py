@@ -139,3 +139,14 @@ def test_malformed_flags_tsv_is_a_one_line_error_naming_the_line(tmp_path, conte
     assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert f"{flags}: {message}" in r.stderr
     assert not (tmp_path / "report.md").exists()
+
+
+def test_report_refuses_a_file_that_is_not_a_manifest(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "m.json").write_text(json.dumps({"dataset": "w", "written": 3}))
+    r = subprocess.run([sys.executable, "-m", "scfdata.cli", "report", "--manifest", str(tmp_path / "m.json"),
+                        "-o", str(tmp_path / "report.md")], capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"{tmp_path / 'm.json'}: no 'configs_in', 'rejected': not a manifest.json" in r.stderr

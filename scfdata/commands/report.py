@@ -23,6 +23,10 @@ def register(sub) -> None:
 
 def run(args) -> int:
     manifest = json_file(args.manifest, "the manifest.json written by `scfdata assemble`")
+    missing = [k for k in ("configs_in", "written", "rejected") if k not in manifest]
+    if missing:
+        raise ValueError(f"{args.manifest}: no {', '.join(map(repr, missing))}: not a manifest.json of `scfdata "
+                         "assemble` (rerun the assemble rule)")
     stats = None
     if args.statistics:
         stats = json_file(args.statistics, "the statistics.json written by `scfdata statistics`")

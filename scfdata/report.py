@@ -203,7 +203,7 @@ def read_flags(path: str | os.PathLike, n_examples: int = 5) -> tuple[dict[str, 
             file, frame, flag, detail = cells
             counts[flag] = counts.get(flag, 0) + 1
             if len(ex := examples.setdefault(flag, [])) < n_examples:
-                ex.append([f"`{file}`", frame, detail])
+                ex.append([f"`{file}`", frame, detail.replace("|", "\\|")])  # (a Markdown table cell)
     return counts, examples
 
 

@@ -96,7 +96,7 @@ def test_report_quality_section_counts_drops_and_examples(tmp_path):
     rows = [("a.extxyz", 12, "duplicate", "duplicate of a.extxyz:3"),
             ("b.extxyz", 0, "duplicate", "duplicate of a.extxyz:4"),
             ("a.extxyz", 5, "near_duplicate", "near duplicate of a.extxyz:1 (max 0.004 Å)")]
-    rows += [("b.extxyz", 10 + i, "energy_outlier", f"{9 + i} robust sigmas") for i in range(7)]
+    rows += [("b.extxyz", 10 + i, "energy_outlier", f"|E - median| = {9 + i} robust sigmas") for i in range(7)]
     flags = _flags_tsv(tmp_path / "flags.tsv", rows)
     text = build_report({**MANIFEST, "quality": QUALITY}, None, tmp_path / "report.md", flags_tsv=flags).read_text()
     sec = text[text.index("## Quality flags"):text.index("## Rejects")]
@@ -108,6 +108,7 @@ def test_report_quality_section_counts_drops_and_examples(tmp_path):
     assert "| `duplicate` | `b.extxyz` | 0 | duplicate of a.extxyz:4 |" in sec
     examples = [ln for ln in sec.splitlines() if ln.startswith("| `energy_outlier` | `b.extxyz`")]
     assert [ln.split(" | ")[2] for ln in examples] == ["10", "11", "12", "13", "14"]  # the first five
+    assert examples[0].endswith("| 10 | \\|E - median\\| = 9 robust sigmas |")  # a | in a cell is escaped
 
 
 def test_report_without_flags_says_quality_flags_were_not_computed(tmp_path):

@@ -84,11 +84,40 @@ def summarize(path) -> dict:
             "rejects": {"n": len(rejects), "reasons": dict(Counter(r[2].split(":")[0] for r in rejects))},
             "provenance": f.provenance,
         }
+    summary.update(quality_summary(summary["provenance"]))
     summary["losses"] = _losses(path)
     from .verify import verify_file
 
     summary["problems"] = verify_file(path).problems
     return summary
+
+
+def quality_summary(provenance: dict | None) -> dict:
+    """``flags`` (flag -> configs of this file carrying it) and, when quality flags were computed,
+    ``quality`` (flagged, dropped) from the file's provenance ``quality`` entry; ``flags`` is {} and
+    ``quality`` None for a file written without quality flags."""
+    q = (provenance or {}).get("quality")
+    if not isinstance(q, dict):
+        return {"flags": {}, "quality": None}
+    flags = {str(k): int(v) for k, v in (q.get("flags") or {}).items()}
+    flagged = q.get("flagged")
+    return {"flags": flags, "quality": {"flagged": int(flagged) if flagged is not None else None,
+                                        "dropped": {str(k): int(v) for k, v in (q.get("dropped") or {}).items()},
+                                        "settings": q.get("settings") or {}}}
+
+
+def quality_lines(flags: dict, quality: dict | None) -> list[str]:
+    """Text lines of the quality flags (nothing when they were not computed)."""
+    if quality is None:
+        return []
+    counts = ", ".join(f"{k} {v}" for k, v in flags.items() if v) or "none"
+    flagged = quality.get("flagged")
+    lines = [f"quality flags: {counts}" + (f"   ({flagged} config(s) flagged)" if flagged is not None else "")]
+    dropped = {k: v for k, v in quality.get("dropped", {}).items() if v}
+    if dropped:
+        lines.append("dropped by quality.drop (rejects of the dataset): "
+                     + ", ".join(f"{k} {v}" for k, v in dropped.items()))
+    return lines + _provenance_lines("quality settings", quality.get("settings") or {}, "")
 
 
 def _losses(path) -> dict:
@@ -137,6 +166,9 @@ def format_text(s: dict) -> str:
     if s["rejects"]["n"]:
         parts += ["", "rejects by reason:"]
         parts += [f"  {v:6d}  {k}" for k, v in s["rejects"]["reasons"].items()]
+    quality = quality_lines(s.get("flags", {}), s.get("quality"))
+    if quality:
+        parts += ["", *quality]
     if s["losses"]:
         parts += ["", "losses:"]
         rows = [[name, "yes" if e["supported"] else "no", f"{e['n_configs']}/{n}", e.get("reason") or e.get("note", "")]
@@ -151,15 +183,15 @@ def format_text(s: dict) -> str:
         for inp in prov.get("inputs", []):
             parts.append(f"  input {inp.get('path')}  sha256 {str(inp.get('sha256', ''))[:16]}…")
         for k, v in prov.items():
-            if k != "inputs":
+            if k not in ("inputs", "quality"):  # quality: shown above
                 parts += _provenance_lines(k, v, "  ")
     return "\n".join(parts)
 
 
-def _plain(v) -> str:
+def plain_value(v) -> str:
     """A provenance value as text: numbers as in the tables, strings as they are (no quotes, no escapes)."""
     if isinstance(v, (list, tuple)):
-        return ", ".join(_plain(x) for x in v) if v else "none"
+        return ", ".join(plain_value(x) for x in v) if v else "none"
     if isinstance(v, bool) or v is None:
         return {True: "true", False: "false", None: "none"}[v]
     return format_value(v)
@@ -169,12 +201,12 @@ def _provenance_lines(key: str, value, indent: str) -> list[str]:
     """``key: value`` lines: a dict's plain entries on one line as ``k = v, ...``, its nested dicts below
     it, indented; empty dicts left out."""
     if not isinstance(value, dict):
-        return [f"{indent}{key}: {_plain(value)}"]
+        return [f"{indent}{key}: {plain_value(value)}"]
     if not value:
         return []
     flat = {k: v for k, v in value.items() if not isinstance(v, dict)}
     nested = {k: v for k, v in value.items() if isinstance(v, dict) and v}
-    head = f"{indent}{key}:" + (" " + ", ".join(f"{k} = {_plain(v)}" for k, v in flat.items()) if flat else "")
+    head = f"{indent}{key}:" + (" " + ", ".join(f"{k} = {plain_value(v)}" for k, v in flat.items()) if flat else "")
     lines = [head] if flat or nested else []
     for k, v in nested.items():
         lines += _provenance_lines(k, v, indent + "  ")

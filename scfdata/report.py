@@ -1,5 +1,6 @@
 """results/<ds>/report.md: counts, per-split coverage, supported losses, statistics (E0 with its
-diagnostics), the split report (per element and config_type; elements train lacks), rejects, PNG plots.
+diagnostics), the split report (per element and config_type; elements train lacks), quality flags
+(counts from the manifest, examples from flags.tsv), rejects, PNG plots.
 
 Plots (matplotlib, Agg backend) go to ``plots/`` next to the report: a histogram per numeric target
 field, ESP distributions per element (when ESPs exist), and the parity of the dipole from multipoles
@@ -18,7 +19,7 @@ from ase.data import atomic_numbers, chemical_symbols
 
 from . import fields
 from .h5io import ScfdataFile, remove_stale_temporaries
-from .inspect import format_value, summarize
+from .inspect import format_value, plain_value, summarize
 from .split import SPLIT_NAMES, missing_elements_text
 
 
@@ -174,9 +175,73 @@ def _split_lines(report: dict) -> list[str]:
     return lines
 
 
+FLAGS_HEADER = ("file", "frame", "flag", "detail")
+
+
+def read_flags(path: str | os.PathLike, n_examples: int = 5) -> tuple[dict[str, int], dict[str, list[list[str]]]]:
+    """(rows per flag, the first ``n_examples`` rows [file, frame, detail] per flag) of a flags.tsv, read
+    line by line (memory bounded by the examples kept). A malformed file is a ValueError naming the line."""
+    counts: dict[str, int] = {}
+    examples: dict[str, list[list[str]]] = {}
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        header = fh.readline().rstrip("\r\n")
+        if tuple(header.split("\t")) != FLAGS_HEADER:
+            raise ValueError(f"{path}: line 1: expected the header {'<TAB>'.join(FLAGS_HEADER)!r}, found "
+                             f"{header[:80]!r}: not a flags.tsv of `scfdata quality` (rerun the quality rule)")
+        for i, line in enumerate(fh, start=2):
+            cells = line.rstrip("\r\n").split("\t")
+            if cells == [""]:
+                continue
+            problem = ("" if len(cells) == 4 else f"expected 4 tab-separated columns (file, frame, flag, detail), "
+                       f"found {len(cells)}")
+            if not problem and not cells[1].isdigit():
+                problem = f"frame must be a non-negative integer, found {cells[1]!r}"
+            if not problem and not cells[2]:
+                problem = "the flag name is empty"
+            if problem:
+                raise ValueError(f"{path}: line {i}: {problem}: {line.strip()[:80]!r} (rerun the quality rule)")
+            file, frame, flag, detail = cells
+            counts[flag] = counts.get(flag, 0) + 1
+            if len(ex := examples.setdefault(flag, [])) < n_examples:
+                ex.append([f"`{file}`", frame, detail.replace("|", "\\|")])  # (a Markdown table cell)
+    return counts, examples
+
+
+def _quality_lines(manifest: dict, flags_tsv: str | os.PathLike | None, settings: dict | None) -> list[str]:
+    """The Quality flags section: per flag the written configs carrying it (per split) and the configs
+    dropped by quality.drop (manifest), the settings (the files' provenance), examples (flags.tsv)."""
+    lines = ["## Quality flags", ""]
+    quality = manifest.get("quality")
+    if flags_tsv is None and not isinstance(quality, dict):
+        return lines + ["Quality flags were not computed for this dataset (no flags.tsv).", ""]
+    tsv_counts, examples = read_flags(flags_tsv) if flags_tsv is not None else ({}, {})
+    quality = quality if isinstance(quality, dict) else {}
+    written, dropped = quality.get("flags") or {}, quality.get("dropped") or {}
+    by_split = quality.get("by_split") or {}
+    names = list(dict.fromkeys([*written, *dropped, *tsv_counts]))
+    if settings:
+        lines += ["Settings: " + ", ".join(f"{k} {plain_value(v)}" for k, v in settings.items()) + ".", ""]
+    if not any(written.get(n) or dropped.get(n) or tsv_counts.get(n) for n in names):
+        return lines + ["No config was flagged.", ""]
+    splits = [s for s in SPLIT_NAMES if s in by_split]
+    where = f" (all in `{Path(flags_tsv).name}`)" if flags_tsv is not None else ""
+    lines += [f"Configs carrying each flag: written to the splits, and dropped by `quality.drop` (rejects); "
+              f"{quality.get('flagged', '–')} written configs carry a flag. Flagged configs{where}:", ""]
+    lines += _md_table(["flag", "written", *splits, "dropped", "in flags.tsv"],
+                       [[f"`{n}`", written.get(n), *((by_split[s] or {}).get(n, 0) for s in splits),
+                         dropped.get(n, 0), tsv_counts.get(n) if flags_tsv is not None else None] for n in names])
+    shown = [n for n in names if examples.get(n)]
+    if shown:
+        lines += ["First examples per flag:", ""]
+        lines += _md_table(["flag", "file", "frame", "detail"],
+                           [[f"`{n}`", *row] for n in shown for row in examples[n]])
+    return lines
+
+
 def build_report(manifest: dict, statistics: dict | None, out_path: str | os.PathLike,
-                 rejects_tsv: str | os.PathLike | None = None, max_points: int = 200_000) -> Path:
-    """Write report.md (and plots/) for one dataset from its manifest and statistics."""
+                 rejects_tsv: str | os.PathLike | None = None, max_points: int = 200_000,
+                 flags_tsv: str | os.PathLike | None = None) -> Path:
+    """Write report.md (and plots/) for one dataset from its manifest and statistics (and flags.tsv)."""
     out_path = Path(out_path)
     ds = manifest.get("dataset", out_path.parent.name)
     splits = {k: v for k, v in manifest.get("splits", {}).items()}
@@ -232,6 +297,8 @@ def build_report(manifest: dict, statistics: dict | None, out_path: str | os.Pat
             lines += [f"> warning: {w}", ""]
     if statistics and statistics.get("split_report"):
         lines += _split_lines(statistics["split_report"])
+    first_prov = next(iter(summaries.values()))["provenance"] if summaries else {}
+    lines += _quality_lines(manifest, flags_tsv, ((first_prov or {}).get("quality") or {}).get("settings"))
     lines += ["## Rejects", ""]
     if manifest.get("rejected"):
         lines += _md_table(["reason", "configs"], [[k, v] for k, v in manifest.get("reject_reasons", {}).items()])

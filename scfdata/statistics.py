@@ -46,8 +46,8 @@ class UnderdeterminedWarning(UserWarning):
 
 #: How to supply isolated-atom energies (in the warnings).
 E0_HINT = ("supply isolated-atom energies (eV), which take precedence: `scfdata statistics --e0 "
-           "'{\"H\": -13.6, ...}'`, in the workflow config `statistics: {e0: {H: -13.6, ...}}` (global or "
-           "under the dataset)")
+           "'{\"H\": -13.6, ...}'`; in the workflow config `statistics: {e0: {H: -13.6, ...}}` or "
+           "`statistics: {e0: path/e0.json}` (global, or `datasets.<ds>.statistics.e0` for one dataset)")
 
 
 def _moments(values: np.ndarray) -> dict:

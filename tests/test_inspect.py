@@ -116,3 +116,41 @@ def test_inspect_warns_on_what_verify_finds(ingested, capsys):
     assert "/atoms/forces: checksum crc32:" in out
     assert main(["inspect", str(ingested), "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["problems"]) == 2
+
+
+def _flagged_file(path, quality):
+    from scfdata.columns import Columns
+    from scfdata.h5io import write_columns
+
+    prov = {"dataset": "w"} if quality is None else {"dataset": "w", "quality": quality}
+    write_columns(path, Columns(n_atoms=[1, 1, 1], atoms={"numbers": np.array([1, 1, 8]),
+                                                         "positions": np.zeros((3, 3))}), provenance=prov)
+    return path
+
+
+def test_inspect_shows_the_quality_flags_of_the_file(tmp_path, capsys):
+    """Contract D: the file's provenance `quality` -> `flags` in --json, a flags line in the text view."""
+    quality = {"settings": {"outlier_sigma": 8.0, "drop": ["duplicate"]},
+               "flags": {"near_duplicate": 2, "energy_outlier": 1, "force_outlier": 0},
+               "flagged": 3, "dropped": {"duplicate": 4}}
+    path = _flagged_file(tmp_path / "q.h5", quality)
+    assert main(["inspect", str(path), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["flags"] == {"near_duplicate": 2, "energy_outlier": 1, "force_outlier": 0}
+    assert s["quality"]["flagged"] == 3 and s["quality"]["dropped"] == {"duplicate": 4}
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "quality flags: energy_outlier 1, near_duplicate 2   (3 config(s) flagged)" in out
+    assert "dropped by quality.drop (rejects of the dataset): duplicate 4" in out
+    assert "quality settings: drop = duplicate, outlier_sigma = 8" in out
+    assert out.count("near_duplicate") == 1  # not repeated in the provenance lines
+
+
+def test_inspect_without_quality_shows_no_flags(tmp_path, capsys):
+    """A file written before quality flags existed (no provenance `quality`): flags {} and no flags line."""
+    path = _flagged_file(tmp_path / "old.h5", None)
+    assert main(["inspect", str(path), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["flags"] == {} and s["quality"] is None
+    assert main(["inspect", str(path)]) == 0
+    assert "quality flags" not in capsys.readouterr().out

@@ -288,6 +288,47 @@ def reference_settings(wildcards):
     return _json(out)
 
 
+def _supplied_e0(ds):
+    """The dataset's isolated-atom energies {symbol: eV} (`datasets.<ds>.statistics.e0`, else the global
+    `statistics.e0`; a mapping or a JSON file holding one), checked now; None when neither gives any."""
+    from scfdata.statistics import parse_e0
+
+    own = (config["datasets"][ds].get("statistics") or {}).get("e0")
+    where, value = (f"datasets.{ds}.statistics.e0", own) if own is not None else \
+        ("statistics.e0", (config.get("statistics") or {}).get("e0"))
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            with open(value) as fh:
+                value = json.load(fh)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise WorkflowError(f"config: {where}: {value}: cannot read a JSON object of E0s in eV ({e}); "
+                                'expected e.g. {"H": -13.6, "O": -2041.8} (paths are relative to the working '
+                                f"directory {os.getcwd()})") from None
+        if not isinstance(value, dict):
+            raise WorkflowError(f"config: {where}: the file holds a JSON {type(value).__name__}; expected an "
+                                'object of E0s in eV, e.g. {"H": -13.6, "O": -2041.8}')
+    try:
+        e0 = parse_e0(value, source=f"config: {where}")
+    except ValueError as e:
+        raise WorkflowError(str(e)) from None
+    from ase.data import chemical_symbols
+
+    return {chemical_symbols[z]: v for z, v in sorted(e0.items())}
+
+
+#: per dataset: supplied E0s or None (read and checked before any job runs)
+E0 = {ds: _supplied_e0(ds) for ds in DATASETS}
+
+
+def e0_option(wildcards):
+    """params function: `--e0 '<JSON>'` with the dataset's supplied E0s, or nothing (a change of the values,
+    also inside an E0 file, reruns the rules that use them)."""
+    e0 = E0[wildcards.ds]
+    return f"--e0 {shlex.quote(_json(e0))}" if e0 else ""
+
+
 def all_outputs():
     out = []
     for ds in DATASETS:
@@ -339,7 +380,7 @@ def run_table():
             continue
         with open(path) as fh:
             man = json.load(fh)
-        flagged = man.get("flagged", sum((man.get("flags") or {}).values()) if "flags" in man else "-")
+        flagged = (man.get("quality") or {}).get("flagged", "-")  # absent: quality flags not computed
         splits = man.get("splits") or {}
         rows.append([ds, man.get("configs_in", "-"), man.get("written", "-"), man.get("rejected", "-"), flagged,
                      *((splits.get(s) or {}).get("n_configs", 0) for s in ("train", "valid", "test"))])

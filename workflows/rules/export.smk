@@ -16,6 +16,7 @@ rule export_mace:
         head=config["export"]["head"],
         source="results/{ds}/{split}.h5",
         outdir="results/{ds}/mace",
+        e0=lambda wc: e0_option(wc) if wc.split == "train" else "",  # E0s go to the train split's statistics
     wildcard_constraints:
         split="train|valid|test",
     log:
@@ -25,5 +26,5 @@ rule export_mace:
     threads: 1
     shell:
         "if [ -f {params.source:q} ]; then scfdata export {params.source:q} --format mace -o {params.outdir:q}"
-        " --n-shards {params.n} --shard {params.k} --head {params.head:q}; else echo 'empty split'; fi"
+        " --n-shards {params.n} --shard {params.k} --head {params.head:q} {params.e0}; else echo 'empty split'; fi"
         " > {log:q} 2>&1"

@@ -1,4 +1,5 @@
-# statistics: mergeable sums per shard (training configs only), merged into results/<ds>/statistics.json.
+# statistics: mergeable sums per shard (training configs only), merged into results/<ds>/statistics.json
+# (with the supplied isolated-atom energies of `statistics: {e0: ...}`, which take precedence over the fit).
 
 
 rule statistics_shard:
@@ -24,10 +25,12 @@ rule statistics:
         lambda wc: gathered("statistics", wc.ds, "json"),
     output:
         "results/{ds}/statistics.json",
+    params:
+        e0=e0_option,
     log:
         log_file("statistics"),
     benchmark:
         bench_file("statistics")
     threads: 1
     shell:
-        "scfdata statistics --dataset {wildcards.ds} {input:q} -o {output:q} > {log:q} 2>&1"
+        "scfdata statistics --dataset {wildcards.ds} {params.e0} {input:q} -o {output:q} > {log:q} 2>&1"

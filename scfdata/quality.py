@@ -485,7 +485,7 @@ def force_scores(elements: np.ndarray, force_max: np.ndarray, centre: Mapping[in
 # ------------------------------------------------------------------------------------------------
 # the dataset step: everything, from the shards' sketches
 # ------------------------------------------------------------------------------------------------
-PAIR_ATOMS = 1 << 22  # atoms per side of one batch of candidate pairs checked together
+PAIR_ATOMS = 1 << 20  # atoms per side of one batch of candidate pairs checked together (~50 MB)
 
 
 def _duplicates(keys: dict, gather, tolerance: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:

@@ -529,6 +529,81 @@ def _check_pairs(i: np.ndarray, j: np.ndarray, n_atoms: np.ndarray, gather, tole
         start = stop
 
 
+def _energy_centre(load, offsets: np.ndarray, sums: list[dict], sigma: float) -> tuple:
+    """E0 fit, per-config residual energy per atom, its robust centre; refitted once without the configs
+    beyond ``sigma`` robust sigmas (one absurd energy moves every E0 of a plain least squares)."""
+    n_shards = len(offsets) - 1
+
+    def residuals(e0):
+        out = np.full(int(offsets[-1]), np.nan)
+        for k in range(n_shards):
+            sk = load(k)
+            out[offsets[k]:offsets[k + 1]] = energy_residuals(sk["elements"], sk["element_counts"], sk["energy"],
+                                                              sk["energy_mask"], e0)
+        return out
+
+    e0, info = fit_e0(sums) if offsets[-1] else ({}, {})
+    resid = residuals(e0)
+    centre = robust_centre(resid, SIGMA_FLOOR["energy"])
+    far = np.abs(resid - centre[0]) > sigma * centre[1] if math.isfinite(centre[0]) else np.zeros(len(resid), bool)
+    if far.any():
+        refit = []
+        for k in range(n_shards):
+            sk = load(k)
+            refit.append(energy_sums(sk["elements"], sk["element_counts"], sk["energy"],
+                                     np.asarray(sk["energy_mask"], bool) & ~far[offsets[k]:offsets[k + 1]]))
+        e0, info = fit_e0(refit)
+        info["refit_without"] = int(far.sum())
+        resid = residuals(e0)
+        centre = robust_centre(resid, SIGMA_FLOOR["energy"])
+    return resid, centre, info
+
+
+def _details(sk: Mapping, c: int, flag: str, ctx: dict) -> str:
+    """The detail text of config ``c`` (row in its shard's sketch) for ``flag``."""
+    g = ctx["g"][c]
+    if flag == "duplicate":
+        return f"duplicate of {ctx['name'](ctx['original'][g])} (positions within {EXACT_TOLERANCE:g} Å)"
+    if flag == "near_duplicate":
+        return (f"near duplicate of {ctx['name'](ctx['original'][g])}: max |Δr| {ctx['deviation'][g]:.4g} Å after "
+                f"removing the translation (tolerance {ctx['tol']:g} Å)")
+    if flag == "energy_outlier":
+        (med, sig, _), r = ctx["energy"], ctx["resid"][g]
+        return (f"energy per atom after E0 {r:.6g} eV, median {med:.6g} eV, {abs(r - med) / sig:.1f} robust sigmas "
+                f"({sig:.3g} eV/atom)")
+    if flag == "force_outlier":
+        col = ctx["col"][c]
+        z = int(sk["elements"][col])
+        fm, fs, _ = ctx["forces"][z]
+        el = chemical_symbols[z]
+        return (f"max |F| {sk['force_max'][c, col]:.6g} eV/Å on atom {int(sk['force_atom'][c, col])} ({el}), {el} "
+                f"median {fm:.4g} eV/Å, {ctx['score'][c]:.1f} robust sigmas ({fs:.3g} eV/Å)")
+    if flag == "charge_renormalised":
+        return f"charges shifted by total_charge - sum(q) = {sk['charge_renormalisation'][c]:+.6g} e at ingest"
+    return (f"|μ_DFT - μ(charges, multipoles)| {sk['dipole_error'][c]:.4g} e·Å, |μ_DFT| {sk['dipole_norm'][c]:.4g} "
+            f"e·Å, threshold {ctx['d_limit'][c]:.4g} e·Å")
+
+
+def _shard_flags(sk: Mapping, ctx: dict, s: Mapping) -> np.ndarray:
+    """Flag bits of one shard's configs (ctx: the dataset's duplicates, residuals and robust centres; the
+    per-shard force scores and dipole limits are added to it for the details)."""
+    g, sigma = ctx["g"], s["outlier_sigma"]
+    flags = np.zeros(len(g), dtype=np.uint32)
+    flags[ctx["kind"][g] == 1] |= BIT["duplicate"]
+    flags[ctx["kind"][g] == 2] |= BIT["near_duplicate"]
+    med, sig, _ = ctx["energy"]
+    if math.isfinite(med):
+        flags[np.abs(ctx["resid"][g] - med) > sigma * sig] |= BIT["energy_outlier"]
+    ctx["score"], ctx["col"] = force_scores(sk["elements"], sk["force_max"],
+                                            {z: c[:2] for z, c in ctx["forces"].items()})
+    flags[ctx["score"] > sigma] |= BIT["force_outlier"]
+    flags[np.asarray(sk["charge_renormalisation"], dtype=np.float64) != 0] |= BIT["charge_renormalised"]
+    ctx["d_limit"] = s["dipole_tolerance"] * np.maximum(np.nan_to_num(np.asarray(sk["dipole_norm"])), DIPOLE_FLOOR)
+    with np.errstate(invalid="ignore"):
+        flags[np.asarray(sk["dipole_error"]) > ctx["d_limit"]] |= BIT["dipole_disagreement"]
+    return flags
+
+
 def flag_dataset(n_shards: int, load, gather, settings: Mapping) -> tuple[list[dict], dict]:
     """The flags of a dataset from its shards' sketches.
 
@@ -538,7 +613,7 @@ def flag_dataset(n_shards: int, load, gather, settings: Mapping) -> tuple[list[d
     and the meta (settings, counts, thresholds, e0).
     """
     s = check_settings(settings)
-    sigma, tol = s["outlier_sigma"], s["near_duplicate_tolerance"]
+    tol = s["near_duplicate_tolerance"]
     keys = {k: [] for k in ("content", "exact_key", "near_key", "n_atoms", "source")}
     sizes, inputs, sums, hist = [], None, [], {}
     for k in range(n_shards):
@@ -558,29 +633,7 @@ def flag_dataset(n_shards: int, load, gather, settings: Mapping) -> tuple[list[d
     n = int(offsets[-1])
     kind, original, deviation, dup_info = _duplicates(keys, gather, tol) if n else (
         np.zeros(0, np.int8), np.zeros(0, np.int64), np.zeros(0), {})
-
-    def residuals(e0):
-        out = np.full(n, np.nan)
-        for k in range(n_shards):
-            sk = load(k)
-            out[offsets[k]:offsets[k + 1]] = energy_residuals(sk["elements"], sk["element_counts"], sk["energy"],
-                                                              sk["energy_mask"], e0)
-        return out
-
-    e0, e0_info = fit_e0(sums) if n else ({}, {})
-    resid = residuals(e0)
-    med, sig, n_e = robust_centre(resid, SIGMA_FLOOR["energy"])
-    if math.isfinite(med) and (np.abs(resid - med) > sigma * sig).any():  # refit without the far ones
-        far = np.abs(resid - med) > sigma * sig
-        sums = []
-        for k in range(n_shards):
-            sk = load(k)
-            sums.append(energy_sums(sk["elements"], sk["element_counts"], sk["energy"],
-                                    np.asarray(sk["energy_mask"], bool) & ~far[offsets[k]:offsets[k + 1]]))
-        e0, e0_info = fit_e0(sums)
-        e0_info["refit_without"] = int(far.sum())
-        resid = residuals(e0)
-        med, sig, n_e = robust_centre(resid, SIGMA_FLOOR["energy"])
+    resid, e_centre, e0_info = _energy_centre(load, offsets, sums, s["outlier_sigma"])
     f_centre = {z: histogram_centre(h) for z, h in sorted(hist.items())}
 
     def where(g) -> tuple[str, int]:
@@ -591,58 +644,26 @@ def flag_dataset(n_shards: int, load, gather, settings: Mapping) -> tuple[list[d
         path, frame = where(g)
         return f"{path}:{frame}"
 
+    ctx = {"kind": kind, "original": original, "deviation": deviation, "resid": resid, "energy": e_centre,
+           "forces": f_centre, "tol": tol, "name": name}
     shards, counts = [], dict.fromkeys(FLAG_NAMES, 0)
     for k in range(n_shards):
         sk = load(k)
-        g = np.arange(offsets[k], offsets[k + 1])
-        flags = np.zeros(len(g), dtype=np.uint32)
-        flags[kind[g] == 1] |= BIT["duplicate"]
-        flags[kind[g] == 2] |= BIT["near_duplicate"]
-        r = resid[g]
-        e_out = np.abs(r - med) > sigma * sig if math.isfinite(med) else np.zeros(len(g), bool)
-        flags[e_out] |= BIT["energy_outlier"]
-        score, col = force_scores(sk["elements"], sk["force_max"], {z: c[:2] for z, c in f_centre.items()})
-        flags[score > sigma] |= BIT["force_outlier"]
-        renorm = np.asarray(sk["charge_renormalisation"], dtype=np.float64)
-        flags[renorm != 0] |= BIT["charge_renormalised"]
-        d_err, d_norm = np.asarray(sk["dipole_error"]), np.asarray(sk["dipole_norm"])
-        d_limit = s["dipole_tolerance"] * np.maximum(np.nan_to_num(d_norm), DIPOLE_FLOOR)
-        with np.errstate(invalid="ignore"):
-            flags[d_err > d_limit] |= BIT["dipole_disagreement"]
+        ctx["g"] = g = np.arange(offsets[k], offsets[k + 1])
+        flags = _shard_flags(sk, ctx, s)
         rows = []
-        for c in np.flatnonzero(flags):
-            gc = int(g[c])
-            for bit_name in FLAG_NAMES:
-                if not flags[c] & BIT[bit_name]:
-                    continue
-                counts[bit_name] += 1
-                if bit_name == "duplicate":
-                    detail = f"duplicate of {name(original[gc])} (positions within {EXACT_TOLERANCE:g} Å)"
-                elif bit_name == "near_duplicate":
-                    detail = (f"near duplicate of {name(original[gc])}: max |Δr| {deviation[gc]:.4g} Å after "
-                              f"removing the translation (tolerance {tol:g} Å)")
-                elif bit_name == "energy_outlier":
-                    detail = (f"energy per atom after E0 {r[c]:.6g} eV, median {med:.6g} eV, "
-                              f"{abs(r[c] - med) / sig:.1f} robust sigmas ({sig:.3g} eV/atom)")
-                elif bit_name == "force_outlier":
-                    z = int(sk["elements"][col[c]])
-                    fm, fs = f_centre[z][:2]
-                    atom = int(sk["force_atom"][c, col[c]])
-                    el = chemical_symbols[z]
-                    detail = (f"max |F| {sk['force_max'][c, col[c]]:.6g} eV/Å on atom {atom} ({el}), {el} median "
-                              f"{fm:.4g} eV/Å, {score[c]:.1f} robust sigmas ({fs:.3g} eV/Å)")
-                elif bit_name == "charge_renormalised":
-                    detail = f"charges shifted by total_charge - sum(q) = {renorm[c]:+.6g} e at ingest"
-                else:
-                    detail = (f"|μ_DFT - μ(charges, multipoles)| {d_err[c]:.4g} e·Å, |μ_DFT| {d_norm[c]:.4g} e·Å, "
-                              f"threshold {d_limit[c]:.4g} e·Å")
-                rows.append((*where(gc), bit_name, detail))
-        orig = np.where(kind[g] > 0, original[g], -1).astype(np.int64)
-        shards.append({"flags": flags, "original": orig, "rows": rows})
+        for c in np.flatnonzero(flags):  # one step per flagged config
+            for flag in (f for f in FLAG_NAMES if flags[c] & BIT[f]):
+                counts[flag] += 1
+                rows.append((*where(g[c]), flag, _details(sk, int(c), flag, ctx)))
+        shards.append({"flags": flags, "original": np.where(kind[g] > 0, original[g], -1).astype(np.int64),
+                       "rows": rows})
+    med, sig, n_e = e_centre
     meta = {
         "settings": s, "n_configs": n, "counts": counts,
         "thresholds": {
-            "exact_duplicate_tolerance": EXACT_TOLERANCE, "near_duplicate_tolerance": tol, "outlier_sigma": sigma,
+            "exact_duplicate_tolerance": EXACT_TOLERANCE, "near_duplicate_tolerance": tol,
+            "outlier_sigma": s["outlier_sigma"],
             "energy_per_atom": {"median": _num(med), "robust_sigma": _num(sig), "n_configs": n_e},
             "forces": {chemical_symbols[z]: {"median": _num(c[0]), "robust_sigma": _num(c[1]), "n_atoms": c[2]}
                        for z, c in f_centre.items()},

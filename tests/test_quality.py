@@ -350,3 +350,23 @@ def test_bad_settings_one_line(tmp_path, capsys, settings, message):
     assert main(["quality-shard", base, "--settings", json.dumps(settings), "-o", str(tmp_path / "s.npz")]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
+
+
+def test_cells_and_pbc(tmp_path):
+    """Periodic copies need the same cell (and pbc); an open-boundary config's cell plays no part."""
+    rng = np.random.default_rng(8)
+    c = _clean_config(rng, (0, 0))
+    box = np.eye(3) * 10.0
+    periodic = {**c, "cell": box, "pbc": np.ones(3, bool)}
+    cfgs = [_clean_config(rng, (0, i)) for i in range(1, 25)] + [
+        periodic, {**periodic, "cell": box * 1.01}, {**periodic, "pbc": np.array([True, True, False])},
+        {**periodic, "positions": periodic["positions"] + 3e-7},  # 24..27
+        c, {**c, "cell": box * 2.0}]  # 28, 29: open boundary, another cell
+    by_flag, original, _, _, _ = _run(tmp_path, [cfgs])
+    assert by_flag["duplicate"] == {27, 29} and original[27] == 24 and original[29] == 28
+    assert not by_flag["near_duplicate"]
+
+
+def test_empty_shards(tmp_path):
+    by_flag, original, rows, meta, _ = _run(tmp_path, [[], []])
+    assert meta["n_configs"] == 0 and not rows and len(original) == 0

@@ -10,7 +10,8 @@ Two steps, so that the flags of a dataset need memory bounded by one shard (plus
 - the dataset step (:func:`candidate_pairs`, :func:`pair_deviations`, :func:`resolve_duplicates`,
   :func:`energy_flags`, :func:`force_flags`) merges the sketches in shard order.
 
-Duplicates. ``duplicate``: same species in the same order, same pbc, same cell (compared for periodic
+Duplicates. ``duplicate``: same species in the same order, same pbc, same total charge and external
+field (when given), same cell (compared for periodic
 configs only: the cell of an open-boundary config has no effect on any target) and every atom within
 ``EXACT_TOLERANCE`` (1e-6 Å). ``near_duplicate``: same species in the same order, same pbc (cells within
 the tolerance when periodic), every atom within ``near_duplicate_tolerance`` after removing the
@@ -148,13 +149,23 @@ def _pbc_bits(pbc: np.ndarray) -> np.ndarray:
     return (np.asarray(pbc, dtype=bool).reshape(-1, 3) * np.array([1, 2, 4])).sum(axis=1).astype(np.uint64)
 
 
-def composition_keys(numbers: np.ndarray, ptr: np.ndarray, pbc: np.ndarray) -> np.ndarray:
-    """Hash of (species in order, atom count, pbc) per config."""
-    with np.errstate(over="ignore"):
+def composition_keys(numbers: np.ndarray, ptr: np.ndarray, pbc: np.ndarray, state: np.ndarray | None = None
+                     ) -> np.ndarray:
+    """Hash of (species in order, atom count, pbc, state) per config. ``state`` (n, k): per-config values
+    that must also agree, NaN where absent (the total charge and external field: the same geometry in
+    another charge state or field is another calculation), compared to 1e-6."""
+    with np.errstate(over="ignore", invalid="ignore"):
         idx = _atom_index(ptr).astype(np.uint64)
         h = _mix(idx * np.uint64(128) + np.asarray(numbers, dtype=np.uint64))
         n = np.diff(ptr).astype(np.uint64)
-        return _mix(_segment_sum(h, ptr) + _mix(n) + _mix(_pbc_bits(pbc) + np.uint64(1 << 40)))
+        out = _mix(_segment_sum(h, ptr) + _mix(n) + _mix(_pbc_bits(pbc) + np.uint64(1 << 40)))
+        if state is not None:
+            st = np.asarray(state, dtype=np.float64)
+            st = st[:, None] if st.ndim == 1 else st
+            q = np.where(np.isfinite(st), np.round(st * 1e6), -2.0 ** 62).astype(np.int64).astype(np.uint64)
+            for j in range(st.shape[1]):
+                out = _mix(out + q[:, j])
+        return out
 
 
 def content_keys(comp: np.ndarray, positions: np.ndarray, ptr: np.ndarray, cell: np.ndarray,
@@ -215,7 +226,7 @@ def _f_bins(fmag: np.ndarray) -> np.ndarray:
     return np.clip(np.floor((lg - LOG_F_MIN) / LOG_F_STEP), 0, N_F_BINS - 1).astype(np.int64)
 
 
-def shard_sketch(numbers, positions, ptr, cell, pbc, *, tolerance: float, energy=None, forces=None,
+def shard_sketch(numbers, positions, ptr, cell, pbc, *, tolerance: float, state=None, energy=None, forces=None,
                  dipole=None, charges=None, renormalisation=None) -> dict:
     """The sketch of one shard (a dict of arrays, for ``np.savez``).
 
@@ -223,13 +234,14 @@ def shard_sketch(numbers, positions, ptr, cell, pbc, *, tolerance: float, energy
     energy: (values (n,), mask (n,)); forces: (values (n_atoms, 3), mask (n,)); dipole: (values (n, 3),
     mask (n, 3)); charges: (atomic multipoles (n_atoms, K) or charges (n_atoms,), mask (n,));
     renormalisation: (values (n,), mask (n,)). ``tolerance``: near_duplicate_tolerance (0: no near keys).
+    state: (n, k) values duplicates must share, NaN where absent (:func:`composition_keys`).
     """
     numbers = np.asarray(numbers, dtype=np.int64)
     ptr = np.asarray(ptr, dtype=np.int64)
     pbc = np.asarray(pbc, dtype=bool).reshape(-1, 3)
     n_cfg = len(ptr) - 1
     counts = np.diff(ptr)
-    comp = composition_keys(numbers, ptr, pbc)
+    comp = composition_keys(numbers, ptr, pbc, state)
     elements = np.unique(numbers)
     el_idx = np.searchsorted(elements, numbers)
     cfg_of_atom = np.repeat(np.arange(n_cfg), counts)
@@ -500,7 +512,7 @@ def _duplicates(keys: dict, gather, tolerance: float) -> tuple[np.ndarray, np.nd
     for k, offsets in searches:
         for i, j in candidate_pairs(k, offsets):
             i, j = uniq[i], uniq[j]
-            same_n = keys["n_atoms"][i] == keys["n_atoms"][j]
+            same_n = keys["comp"][i] == keys["comp"][j]  # species, pbc and state (64-bit hash)
             code = np.unique(i[same_n] * n + j[same_n])
             n_candidates += len(code)
             pairs.extend(_check_pairs(code // n, code % n, keys["n_atoms"], gather, tolerance))
@@ -614,7 +626,7 @@ def flag_dataset(n_shards: int, load, gather, settings: Mapping) -> tuple[list[d
     """
     s = check_settings(settings)
     tol = s["near_duplicate_tolerance"]
-    keys = {k: [] for k in ("content", "exact_key", "near_key", "n_atoms", "source")}
+    keys = {k: [] for k in ("comp", "content", "exact_key", "near_key", "n_atoms", "source")}
     sizes, inputs, sums, hist = [], None, [], {}
     for k in range(n_shards):
         sk = load(k)

@@ -40,14 +40,15 @@ def _columns(configs: list[dict], extra_config: dict | None = None) -> Columns:
     cols.configs.update(
         cell=np.array([c["cell"] for c in configs]).reshape(n, 3, 3), pbc=np.array([c["pbc"] for c in configs]),
         source=np.array([c["source"] for c in configs], dtype=np.int64).reshape(n, 2),
-        energy=np.array([c["energy"] for c in configs]), dipole=np.array([c["dipole"] for c in configs]).reshape(n, 3))
+        energy=np.array([c["energy"] for c in configs]), dipole=np.array([c["dipole"] for c in configs]).reshape(n, 3),
+        total_charge=np.array([c.get("total_charge", 0.0) for c in configs]))
     cols.atoms.update(numbers=np.concatenate([c["numbers"] for c in configs]).astype(np.int64),
                       positions=np.concatenate([c["positions"] for c in configs]),
                       forces=np.concatenate([c["forces"] for c in configs]),
                       charges=np.concatenate([c["charges"] for c in configs]))
     cols.masks.update(energy=np.array([c.get("energy_mask", True) for c in configs]),
                       forces=np.array([c.get("forces_mask", True) for c in configs]),
-                      charges=np.ones(n, bool),
+                      charges=np.ones(n, bool), total_charge=np.ones(n, bool),
                       dipole=np.array([c.get("dipole_mask", [True] * 3) for c in configs]).reshape(n, 3))
     for name, (values, mask) in (extra_config or {}).items():
         cols.configs[name] = values
@@ -353,7 +354,8 @@ def test_bad_settings_one_line(tmp_path, capsys, settings, message):
 
 
 def test_cells_and_pbc(tmp_path):
-    """Periodic copies need the same cell (and pbc); an open-boundary config's cell plays no part."""
+    """Periodic copies need the same cell (and pbc); an open-boundary config's cell plays no part; the same
+    geometry in another charge state is not a duplicate."""
     rng = np.random.default_rng(8)
     c = _clean_config(rng, (0, 0))
     box = np.eye(3) * 10.0
@@ -361,9 +363,10 @@ def test_cells_and_pbc(tmp_path):
     cfgs = [_clean_config(rng, (0, i)) for i in range(1, 25)] + [
         periodic, {**periodic, "cell": box * 1.01}, {**periodic, "pbc": np.array([True, True, False])},
         {**periodic, "positions": periodic["positions"] + 3e-7},  # 24..27
-        c, {**c, "cell": box * 2.0}]  # 28, 29: open boundary, another cell
+        c, {**c, "cell": box * 2.0},  # 28, 29: open boundary, another cell
+        {**c, "total_charge": 1.0}, {**c, "total_charge": 1.0}]  # 30, 31: another charge state of 28
     by_flag, original, _, _, _ = _run(tmp_path, [cfgs])
-    assert by_flag["duplicate"] == {27, 29} and original[27] == 24 and original[29] == 28
+    assert by_flag["duplicate"] == {27, 29, 31} and original[27] == 24 and original[29] == 28 and original[31] == 30
     assert not by_flag["near_duplicate"]
 
 

@@ -53,10 +53,22 @@ def _field(f: ScfdataFile, name: str):
     return (np.asarray(f.read(name)), np.asarray(f.mask(name))) if f.has(name) else None
 
 
+def _state(f: ScfdataFile) -> np.ndarray:
+    """Per config the total charge and external field (NaN where absent): duplicates must share them."""
+    cols = []
+    for name, width in (("total_charge", 1), ("external_field", 3)):
+        values = np.full((f.n_configs, width), np.nan)
+        if f.has(name):
+            m = np.asarray(f.mask(name), dtype=bool)
+            m = m.any(axis=tuple(range(1, m.ndim)))
+            values[m] = np.asarray(f.read(name), dtype=np.float64).reshape(f.n_configs, width)[m]
+        cols.append(values)
+    return np.hstack(cols)
+
+
 def run_shard(args) -> int:
     s = _settings(args.settings)
     with ScfdataFile(args.base) as f:
-        ptr = f.atom_ptr
         charges = _field(f, "atomic_multipoles") or _field(f, "charges")
         renorm = None
         if f.exists("configs", "charge_renormalisation"):
@@ -65,9 +77,10 @@ def run_shard(args) -> int:
                     if f.exists("masks", "charge_renormalisation") else np.isfinite(values))
             renorm = (values, mask)
         sketch = quality.shard_sketch(
-            f.raw("atoms", "numbers"), f.raw("atoms", "positions"), ptr, f.raw("configs", "cell"),
-            f.raw("configs", "pbc"), tolerance=s["near_duplicate_tolerance"], energy=_field(f, "energy"),
-            forces=_field(f, "forces"), dipole=_field(f, "dipole"), charges=charges, renormalisation=renorm)
+            f.raw("atoms", "numbers"), f.raw("atoms", "positions"), f.atom_ptr, f.raw("configs", "cell"),
+            f.raw("configs", "pbc"), tolerance=s["near_duplicate_tolerance"], state=_state(f),
+            energy=_field(f, "energy"), forces=_field(f, "forces"), dipole=_field(f, "dipole"), charges=charges,
+            renormalisation=renorm)
         sketch["source"] = np.asarray(f.raw("configs", "source"), dtype=np.int64).reshape(-1, 2)
         sketch["inputs"] = np.array([str(i.get("path", "")) for i in f.provenance.get("inputs", [])], dtype=str)
     sketch["version"] = np.array(SKETCH_VERSION)

@@ -373,3 +373,23 @@ def test_cells_and_pbc(tmp_path):
 def test_empty_shards(tmp_path):
     by_flag, original, rows, meta, _ = _run(tmp_path, [[], []])
     assert meta["n_configs"] == 0 and not rows and len(original) == 0
+
+
+def test_shard_count_does_not_change_the_flags(flagged, tmp_path):
+    """The same configs in one shard instead of three: the same flags, originals and rows."""
+    by_flag, original, rows, _, _, _, _, shards = flagged
+    one = _run(tmp_path, [[c for s in shards for c in s]])
+    assert one[0] == by_flag and one[2] == rows
+    np.testing.assert_array_equal(one[1], original)
+
+
+def test_damaged_sketch_is_a_one_line_error(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    base = str(write_columns(tmp_path / "b.h5", _columns([_clean_config(rng, (0, 0))])))
+    bad = tmp_path / "s.npz"
+    bad.write_text("not a sketch")
+    code = main(["quality", "--base", base, "--sketches", str(bad), "-o", str(tmp_path / "q.npz"),
+                 "--flags", str(tmp_path / "f.tsv")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "s.npz: not a readable quality sketch" in err
+    assert not (tmp_path / "q.npz").exists() and not (tmp_path / "f.tsv").exists()

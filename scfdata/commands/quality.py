@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -105,14 +106,17 @@ def _sizes(bases: list[str]) -> list[int]:
 
 def _loader(sketches: list[str], sizes: list[int]):
     def load(k: int) -> dict:
-        with np.load(sketches[k], allow_pickle=False) as z:
-            if "version" not in z or int(z["version"]) != SKETCH_VERSION:
-                raise ValueError(f"{sketches[k]}: not a quality sketch of this scfdata (version {SKETCH_VERSION}); "
-                                 "rerun `scfdata quality-shard` (snakemake --forcerun quality_shard)")
-            sk = {name: z[name] for name in z.files}
+        rerun = "rerun `scfdata quality-shard` (in the workflow: snakemake --forcerun quality_shard)"
+        try:
+            with np.load(sketches[k], allow_pickle=False) as z:
+                sk = {name: z[name] for name in z.files}
+        except (ValueError, zipfile.BadZipFile, EOFError) as e:
+            raise ValueError(f"{sketches[k]}: not a readable quality sketch ({e}); {rerun}") from None
+        if "version" not in sk or int(sk["version"]) != SKETCH_VERSION:
+            raise ValueError(f"{sketches[k]}: not a quality sketch of this scfdata (version {SKETCH_VERSION}); {rerun}")
         if len(sk["n_atoms"]) != sizes[k]:
             raise ValueError(f"{sketches[k]}: sketch of {len(sk['n_atoms'])} configs, its base shard holds "
-                             f"{sizes[k]}: rerun `scfdata quality-shard` (snakemake --forcerun quality_shard)")
+                             f"{sizes[k]}: {rerun}")
         return sk
     return load
 

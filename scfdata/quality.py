@@ -564,8 +564,9 @@ def _energy_centre(load, offsets: np.ndarray, sums: list[dict], sigma: float) ->
             sk = load(k)
             refit.append(energy_sums(sk["elements"], sk["element_counts"], sk["energy"],
                                      np.asarray(sk["energy_mask"], bool) & ~far[offsets[k]:offsets[k + 1]]))
-        e0, info = fit_e0(refit)
-        info["refit_without"] = int(far.sum())
+        refit_e0, info = fit_e0(refit)
+        e0 = {**e0, **refit_e0}  # an element only the far configs hold keeps its first E0
+        info.update(refit_without=int(far.sum()), values={chemical_symbols[z]: v for z, v in sorted(e0.items())})
         resid = residuals(e0)
         centre = robust_centre(resid, SIGMA_FLOOR["energy"])
     return resid, centre, info

@@ -11,6 +11,7 @@ configfile: "config/config.yaml"
 
 include: "workflows/rules/common.smk"
 include: "workflows/rules/ingest.smk"
+include: "workflows/rules/quality.smk"
 include: "workflows/rules/derive.smk"
 include: "workflows/rules/split.smk"
 include: "workflows/rules/assemble.smk"

@@ -10,6 +10,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from scfdata import quality as quality_flags
 from scfdata import targets
 
 
@@ -173,7 +174,17 @@ def derived(ds):
     return PLAN[ds][0]
 
 
+def _check_quality():
+    """The `quality:` block as `scfdata quality` checks it (e.g. a flag name in `drop`), before any job."""
+    try:
+        return quality_flags.check_settings(config.get("quality"))
+    except ValueError as e:
+        raise WorkflowError(f"config: {e}") from None
+
+
 _check_datasets()
+#: the quality settings with their defaults (one block for every dataset)
+QUALITY = _check_quality()
 MAPPED = {}  # per dataset: the canonical names its keys map
 PLAN = _plan_datasets()
 _check_target_settings()
@@ -328,12 +339,21 @@ def e0_option(wildcards):
     e0 = E0[wildcards.ds]
     return f"--e0 {shlex.quote(_json(e0))}" if e0 else ""
 
+def quality_settings(wildcards):
+    """params of the dataset's `quality` job: every quality setting."""
+    return _json(QUALITY)
+
+
+def quality_shard_settings(wildcards):
+    """params of a `quality_shard` job: only the setting its sketch depends on (the near-duplicate grid)."""
+    return _json({"near_duplicate_tolerance": QUALITY["near_duplicate_tolerance"]})
+
 
 def all_outputs():
     out = []
     for ds in DATASETS:
         out += [f"results/{ds}/{name}" for name in
-                ("manifest.json", "rejects.tsv", "statistics.json", "report.md")]
+                ("manifest.json", "rejects.tsv", "statistics.json", "report.md", "flags.tsv")]
         if config["export"]["mace"]:
             out += [f for split in SPLIT_FILES for f in gather.shard(
                 f"results/{ds}/mace/.done/{split}-{{scatteritem}}")]

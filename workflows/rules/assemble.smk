@@ -28,6 +28,7 @@ rule assemble:
     input:
         split="results/{ds}/split.npz",
         index="results/{ds}/index.json",
+        quality="results/{ds}/quality.npz",
         shards=lambda wc: [f for name in fragments(wc.ds) for f in gathered(name, wc.ds)],
     output:
         manifest="results/{ds}/manifest.json",
@@ -36,6 +37,7 @@ rule assemble:
         shard_files=assemble_shard_files,
         reference=reference_settings,
         outdir="results/{ds}",
+        drop=lambda wc: _json(QUALITY["drop"]),
     log:
         log_file("assemble"),
     benchmark:
@@ -44,4 +46,4 @@ rule assemble:
     shell:
         "scfdata assemble --dataset {wildcards.ds} --split {input.split:q} --index {input.index:q}"
         " --reference {params.reference:q} --shard-files {params.shard_files:q}"
-        " -o {params.outdir:q} 2>&1 | tee {log:q}"
+        " --quality {input.quality:q} --drop {params.drop:q} -o {params.outdir:q} 2>&1 | tee {log:q}"

@@ -5,6 +5,7 @@ rule report:
     input:
         manifest="results/{ds}/manifest.json",
         statistics="results/{ds}/statistics.json",
+        flags="results/{ds}/flags.tsv",
     output:
         "results/{ds}/report.md",
     log:
@@ -13,5 +14,5 @@ rule report:
         bench_file("report")
     threads: 1
     shell:
-        "scfdata report --manifest {input.manifest:q} --statistics {input.statistics:q}"
+        "scfdata report --manifest {input.manifest:q} --statistics {input.statistics:q} --flags {input.flags:q}"
         " -o {output:q} > {log:q} 2>&1"

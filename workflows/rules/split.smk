@@ -5,6 +5,7 @@ rule split:
     input:
         base=lambda wc: gathered("base", wc.ds),
         molecules=lambda wc: gathered("molecules", wc.ds) if split_by_molecules(wc) else [],
+        quality="results/{ds}/quality.npz",
     output:
         "results/{ds}/split.npz",
     params:
@@ -17,4 +18,4 @@ rule split:
     threads: 1
     shell:
         "scfdata split --settings {params.settings:q} {input.base:q} {params.molecules}"
-        " -o {output:q} > {log:q} 2>&1"
+        " --quality {input.quality:q} -o {output:q} > {log:q} 2>&1"

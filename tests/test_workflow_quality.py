@@ -126,3 +126,53 @@ def test_bad_quality_setting_stops_with_one_config_line(tmp_path, quality, messa
     assert proc.returncode != 0 and message in err, err[-2000:]
     assert len([ln for ln in err.splitlines() if ln.startswith("config:") or "config: quality" in ln]) == 1
     assert not (tmp_path / "results").exists()
+
+
+def _sources(results: Path) -> dict[tuple[int, int], str]:
+    """(input file index, frame) -> split name, over the published split files."""
+    from scfdata.h5io import ScfdataFile
+
+    out = {}
+    for path in sorted(results.glob("*.h5")):
+        with ScfdataFile(path) as f:
+            for src in np.asarray(f.raw("configs", "source")).tolist():
+                out[tuple(src)] = path.stem
+    return out
+
+
+def test_whole_run_keeps_copies_in_one_split_and_drop_makes_rejects(run):
+    """Through every rule: with flags only, each copy sits in its first copy's split and nothing is lost;
+    with `drop: [duplicate, energy_outlier]` those configs become rejects and every count reconciles."""
+    work, cfg, _ = run
+    cfg = json.loads(json.dumps(cfg))
+    cfg["datasets"]["d"]["split"] = {"valid_fraction": 0.3, "test_fraction": 0.3, "seed": 3}
+    proc = _snakemake(work, cfg, "--cores", "2")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = work / "results" / "d"
+    where = _sources(results)
+    assert len(where) == 64
+    for copy, first in (((1, 0), (0, 0)), ((1, 1), (0, 40)), ((1, 2), (0, 7))):
+        assert where[copy] == where[first], (copy, first, where[copy], where[first])
+    manifest = json.loads((results / "manifest.json").read_text())
+    assert manifest["quality"]["flags"]["duplicate"] == 2 and manifest["quality"]["flagged"] == 4
+
+    dropped = {**cfg, "quality": {"drop": ["duplicate", "energy_outlier"]}}
+    proc = _snakemake(work, dropped, "--cores", "2")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    manifest = json.loads((results / "manifest.json").read_text())
+    rows = [ln.split("\t") for ln in (results / "rejects.tsv").read_text().splitlines()[1:]]
+    quality_rows = sorted((r[0], int(r[1]), r[2].split(" of ")[0].split(" (")[0]) for r in rows
+                          if r[2].startswith("quality:"))
+    extra = str(work / "extra.extxyz")
+    assert quality_rows == [(extra, 0, "quality: duplicate"), (extra, 1, "quality: duplicate"),
+                            (extra, 3, "quality: energy_outlier")], quality_rows
+    assert manifest["quality"]["dropped"] == {"duplicate": 2, "energy_outlier": 1}
+    assert manifest["configs_in"] == 65 == manifest["written"] + manifest["rejected"]
+    kept = _sources(results)
+    assert manifest["written"] == 61 == len(kept)
+    assert not {(1, 0), (1, 1), (1, 3)} & set(kept) and (1, 2) in kept
+    verify = subprocess.run([sys.executable, "-m", "scfdata.cli", "verify", str(results)], capture_output=True,
+                            text=True, timeout=300)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    report = (results / "report.md").read_text()
+    assert "## Quality flags" in report and "energy_outlier" in report

@@ -26,11 +26,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import ase.io
 import numpy as np
 
 from . import fields
-from .columns import Columns
+from .columns import Columns, concat
+from .extxyz_reader import MAX_FRAME_ATOMS, CParser, FramingError, iter_spans
 from .keys import KeyMapping
 from .reference.dipoles import dipole_mask_from_pbc
 from .validate import (
@@ -78,23 +78,25 @@ class FrameText:
     n_atoms: int
     comment: bytes
     text: bytes | None = None
+    offset: int = 0
+    end: int = 0
 
 
-#: Largest atom count a frame header may give (larger is a corrupt count line, not a frame).
-MAX_FRAME_ATOMS = 100_000_000
-
-
-def scan_extxyz(path: str | os.PathLike, keep=None) -> Iterator[FrameText]:
+def scan_extxyz(path: str | os.PathLike, keep=None, offset: int = 0, line: int = 1,
+                index: int = 0) -> Iterator[FrameText]:
     """Frames of an extxyz file from their atom-count lines, without parsing them.
 
     Blank (whitespace-only) lines between frames are read through, as ase does after the last frame; a
     count line that is not a number, a truncated frame, or a blank line inside a frame is an IngestError
     naming the file and the line. ``keep(index)`` says which frames carry their text (default: none).
+    ``offset``, ``line``, ``index``: start at that byte offset, which is line ``line`` and frame ``index``.
     """
     path = Path(path)
     with open(path, "rb") as fh:
-        lineno, n = 0, 0
+        fh.seek(offset)
+        lineno, n = line - 1, index
         while True:
+            start_offset = fh.tell()
             head = fh.readline()
             if not head:
                 return
@@ -129,12 +131,15 @@ def scan_extxyz(path: str | os.PathLike, keep=None) -> Iterator[FrameText]:
                                       f"{start}, {natoms} atoms); remove it or fix the frame's atom count")
                 if lines is not None:
                     lines.append(line)
-            yield FrameText(n, start, natoms, comment, b"".join(lines) if lines is not None else None)
+            yield FrameText(n, start, natoms, comment, b"".join(lines) if lines is not None else None,
+                            start_offset, fh.tell())
             n += 1
 
 
 def _parse_extxyz_frame(path: Path, frame: FrameText):
     """The Atoms of one frame's text; a frame ase cannot parse is a FrameError (the framing is intact)."""
+    import ase.io
+
     try:
         return ase.io.read(io.StringIO(frame.text.decode("utf-8")), format="extxyz")
     except Exception as e:  # ase raises many types on malformed text
@@ -142,23 +147,67 @@ def _parse_extxyz_frame(path: Path, frame: FrameText):
                           "in the input file")
 
 
-def iter_frames(path: str | os.PathLike, start: int = 0, stop: int | None = None,
-                fmt: str | None = None) -> Iterator[tuple[int, object]]:
-    """(frame index, Atoms) for frames start..stop of a file; a parse failure names the frame.
+#: Parsers of extxyz: ``auto`` (the C parser, each frame it cannot vouch for through ASE), ``extxyz`` (the same),
+#: ``ase`` (ASE's reader for every frame).
+PARSERS = ("auto", "extxyz", "ase")
 
-    extxyz files are split into frames here (blank lines between frames read through); a frame that does
-    not parse is yielded as a FrameError (a reject). Other formats are read by ``ase.io.iread``; a parse
-    failure there stops the file with an IngestError.
+
+def iter_extxyz_spans(path, offset: int = 0, line: int = 1, index: int = 0):
+    """(Span or FrameText, plain) for every frame from ``offset``: spans found by the chunked framing
+    (``plain``); a frame it does not vouch for is read by :func:`scan_extxyz` (which raises the error of a
+    malformed file, naming the line) with its text, and the chunked framing goes on after it."""
+    while True:
+        try:
+            for span in iter_spans(path, offset, line, index):
+                yield span, True
+            return
+        except FramingError as e:
+            frame = next(scan_extxyz(path, keep=lambda k: True, offset=e.offset, line=e.line, index=e.index), None)
+            if frame is None:
+                return
+            yield frame, False
+            offset, line, index = frame.end, frame.line + frame.n_atoms + 2, frame.index + 1
+
+
+def _read_text(path, span) -> FrameText:
+    with open(path, "rb") as fh:
+        fh.seek(span.offset)
+        text = fh.read(span.end - span.offset)
+    return FrameText(span.index, span.line, span.n_atoms, span.comment, text, span.offset, span.end)
+
+
+def iter_frames(path: str | os.PathLike, start: int = 0, stop: int | None = None, fmt: str | None = None,
+                parser: str = "auto", seek: tuple[int, int, int] | None = None) -> Iterator[tuple[int, object]]:
+    """(frame index, frame) for frames start..stop of a file; a parse failure names the frame.
+
+    extxyz files are framed here (blank lines between frames read through). With ``parser`` auto/extxyz a
+    frame is the C parser's tuple (:func:`scfdata.extxyz_reader.to_ase_conventions`) or, for frames it does
+    not vouch for, ASE's Atoms; a frame ASE cannot parse is yielded as a FrameError (a reject). ``seek``:
+    (frame, byte offset, line) of a frame at or before ``start`` (from the index). Other formats are read by
+    ``ase.io.iread``; a parse failure there stops the file with an IngestError.
     """
     path = Path(path)
     check_input_file(path)
     if is_extxyz(path, fmt):
-        for frame in scan_extxyz(path, keep=lambda k: k >= start):
-            if stop is not None and frame.index >= stop:
-                return
-            if frame.index >= start:
-                yield frame.index, _parse_extxyz_frame(path, frame)
+        index, offset, line = seek if seek is not None and seek[0] <= start else (0, 0, 1)
+        c = CParser(path) if parser != "ase" else None
+        try:
+            for span, plain in iter_extxyz_spans(path, offset, line, index):
+                if stop is not None and span.index >= stop:
+                    return
+                if span.index < start:
+                    continue
+                frame = c.read(span) if c is not None and plain else None
+                if frame is None:
+                    frame = _parse_extxyz_frame(path, span if getattr(span, "text", None) is not None
+                                                 else _read_text(path, span))
+                yield span.index, frame
+        finally:
+            if c is not None:
+                c.close()
         return
+    import ase.io
+
     i = start
     try:
         for atoms in ase.io.iread(str(path), index=slice(start, stop), format=fmt):
@@ -210,6 +259,7 @@ class _Frame:
     weights: dict[str, np.ndarray]
     config: dict
     notes: list[str] = field(default_factory=list)
+    renormalisation: float = 0.0  # total_charge - sum q before renormalise_charges shifted the charges
 
 
 def extract_frame(atoms, mapping: KeyMapping, opts: ValidationOptions) -> _Frame:
@@ -245,11 +295,14 @@ def extract_frame(atoms, mapping: KeyMapping, opts: ValidationOptions) -> _Frame
 
             values["atomic_multipoles"] = charges_dipoles_to_multipoles(values["charges"], dip)
 
+    renormalisation = 0.0
     if "total_charge" in values:
         for name in ("atomic_multipoles", "charges"):
             if name in values:
                 q = values[name][:, 0] if name == "atomic_multipoles" else values[name]
                 q_new = check_total_charge(q, float(values["total_charge"]), opts)
+                if q_new is not q and not renormalisation:
+                    renormalisation = float(values["total_charge"]) - float(q.sum())
                 if name == "atomic_multipoles":
                     values[name] = values[name].copy()
                     values[name][:, 0] = q_new
@@ -274,7 +327,7 @@ def extract_frame(atoms, mapping: KeyMapping, opts: ValidationOptions) -> _Frame
         "weight": float(as_weight("config", "config_weight", atoms.info.get("config_weight", 1.0), ())),
         "config_type": str(atoms.info.get("config_type", "Default")),
     }
-    return _Frame(n, values, weights, config, notes)
+    return _Frame(n, values, weights, config, notes, renormalisation)
 
 
 @dataclass
@@ -366,7 +419,7 @@ def stored_names(mapping: KeyMapping) -> list[str]:
 
 def ingest(
     writer,
-    inputs: list[tuple[int, str | os.PathLike, int, int | None]],
+    inputs: list[tuple],
     mapping: KeyMapping,
     *,
     on_error: str = "reject",
@@ -375,65 +428,170 @@ def ingest(
     fmt: str | None = None,
     progress=None,
     multipole_width: tuple[int, str] | None = None,
+    parser: str = "auto",
 ) -> IngestResult:
-    """Ingest frame ranges ``(file index, path, start, stop)`` into ``writer`` (a StreamWriter).
+    """Ingest frame ranges ``(file index, path, start, stop[, (frame, byte offset, line)])`` into ``writer``.
 
     ``on_error='reject'`` records bad frames with their reason and goes on; ``'raise'`` stops at the
     first one with an IngestError naming file, frame, key, expected and found. A range with a ``stop``
     (from the index) must yield exactly ``stop - start`` frames, else the file changed since it was
     indexed (an IngestError). ``multipole_width``: (columns, where they were fixed), the dataset's
     multipole width from the index, so that outcomes do not depend on the shard count. Warnings name the
-    file and frame, once per config.
+    file and frame, once per config. ``parser``: see PARSERS; every path stores the same values.
     """
     if on_error not in ("reject", "raise"):
         raise ValueError(f"on_error must be 'reject' or 'raise', got {on_error!r}")
+    if parser not in PARSERS:
+        raise ValueError(f"parser must be one of {', '.join(PARSERS)}, got {parser!r}")
     opts = options or ValidationOptions()
     names = stored_names(mapping)
-    builder = _BlockBuilder(names, *(multipole_width or (None, "")))
-    result = IngestResult(coverage={n: 0 for n in names})
-    for file_index, path, start, stop in inputs:
-        frames = iter_frames(path, start, stop, fmt)
-        n_range = 0
-        while True:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                item = next(frames, None)
-                if item is None:
-                    break
-                frame_index, atoms = item
-                n_range += 1
-                result.n_read += 1
-                try:
-                    if isinstance(atoms, FrameError):
-                        raise atoms
-                    result.keys_seen |= keys_of(atoms)
-                    frame = extract_frame(atoms, mapping, opts)
-                    builder.add(frame, (file_index, frame_index))
-                except FrameError as e:
-                    if on_error == "raise":
-                        raise IngestError(f"{path}: frame {frame_index}: {e}") from None
-                    result.rejects.append((file_index, frame_index, str(e)))
-                    continue
-            _note(result, path, frame_index, frame.notes + [f"{w.category.__name__}: {w.message}" for w in caught])
-            for n in frame.values:
-                if n in result.coverage:
-                    result.coverage[n] += 1
-            if len(builder) >= block_size and ("atomic_multipoles" not in names or builder.columns_k):
-                result.n_written += len(builder)
-                writer.append(builder.build())
+    run = _Run(writer, names, mapping, opts, on_error, multipole_width)
+    for file_index, path, start, stop, *seek in inputs:
+        frames = iter_frames(path, start, stop, fmt, parser, seek[0] if seek else None)
+        n_range, failure = 0, None
+        while failure is None:
+            block = []
+            try:
+                for item in frames:
+                    block.append(item)
+                    if len(block) >= block_size:
+                        break
+            except IngestError as e:
+                failure = e
+            if not block and failure is None:
+                break
+            n_range += len(block)
+            run.block(file_index, path, block)
             if progress is not None:
-                progress(result.n_read)
+                progress(run.result.n_read)
+        if failure is not None:
+            raise failure
         if stop is not None and n_range != stop - start:
             raise IngestError(
                 f"{path}: the index counted frames {start}..{stop - 1} ({stop - start}) but ingest read {n_range} "
                 "there: the file changed since `scfdata index`; rerun the workflow (the index is rebuilt)"
             )
-    if len(builder):
-        result.n_written += len(builder)
-        writer.append(builder.build())
-    writer.add_rejects(result.rejects)
-    result.reconcile()
-    return result
+    run.flush(final=True)
+    writer.add_rejects(run.result.rejects)
+    run.result.reconcile()
+    return run.result
+
+
+class _Run:
+    """One ingest: turns blocks of (frame index, frame) into written columns, rejects and counts."""
+
+    def __init__(self, writer, names, mapping, opts, on_error, multipole_width):
+        from .ingest_fast import FastBlock
+
+        self.writer, self.names, self.mapping, self.opts, self.on_error = writer, names, mapping, opts, on_error
+        self.width, self.width_from = multipole_width or (None, "")
+        self.width_from = self.width_from or "earlier configs of this dataset have"
+        self.fast = FastBlock(mapping, names, opts)
+        self.result = IngestResult(coverage={n: 0 for n in names})
+        self.pending: list[Columns] = []  # blocks waiting for the multipole width
+        # contract E: /configs/charge_renormalisation, once the field registry has it
+        self.renormalised = ("total_charge" in names and opts.renormalise_charges
+                             and "charge_renormalisation" in fields.FIELDS)
+
+    def block(self, file_index: int, path, items: list) -> None:
+        fast, slow = self.fast, {}
+        fast.clear()
+        kinds = []
+        for frame_index, frame in items:
+            if type(frame) is tuple and fast.usable:
+                keys = fast.keys_of(frame[5], frame[6])
+                if fast.add(frame, frame_index):
+                    self.result.keys_seen |= keys
+                    kinds.append(("fast", len(fast) - 1))
+                    continue
+                frame = _parse_extxyz_frame(path, _read_text(path, frame[7]))
+            kinds.append(("slow", frame_index))
+            slow[frame_index] = frame
+        ok, notes, renorm = fast.check() if len(fast) else (np.zeros(0, bool), [], None)
+        for k, (kind, ref) in enumerate(kinds):
+            if kind == "fast" and not ok[ref]:
+                frame_index = items[k][0]
+                kinds[k] = ("slow", frame_index)
+                slow[frame_index] = _parse_extxyz_frame(path, _read_text(path, items[k][1][7]))
+        builder = _BlockBuilder(self.names, self.width, self.width_from)
+        fast_rows, fast_src, order, shifts, has_q = [], [], [], [], []
+        for k, (kind, ref) in enumerate(kinds):
+            frame_index = items[k][0]
+            self.result.n_read += 1
+            caught = []
+            try:
+                if kind == "fast":
+                    frame_notes, present = notes[ref], fast.present(ref)
+                    self._check_width(fast.width(ref))
+                else:
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        atoms = slow[ref]
+                        if isinstance(atoms, FrameError):
+                            raise atoms
+                        self.result.keys_seen |= keys_of(atoms)
+                        frame = extract_frame(atoms, self.mapping, self.opts)
+                        mp = frame.values.get("atomic_multipoles")
+                        self._check_width(None if mp is None else mp.shape[1])
+                        frame_notes, present = frame.notes, frame.values
+            except FrameError as e:
+                if self.on_error == "raise":
+                    raise IngestError(f"{path}: frame {frame_index}: {e}") from None
+                self.result.rejects.append((file_index, frame_index, str(e)))
+                continue
+            if frame_notes or caught:
+                _note(self.result, path, frame_index,
+                      frame_notes + [f"{w.category.__name__}: {w.message}" for w in caught])
+            for n in present:
+                if n in self.result.coverage:
+                    self.result.coverage[n] += 1
+            has_q.append("total_charge" in present and ("atomic_multipoles" in present or "charges" in present))
+            if kind == "fast":
+                fast_rows.append(ref)
+                fast_src.append((file_index, frame_index))
+                order.append(("fast", len(fast_rows) - 1))
+                shifts.append(0.0 if renorm is None else renorm[ref])
+            else:
+                builder.add(frame, (file_index, frame_index))
+                order.append(("slow", len(builder) - 1))
+                shifts.append(frame.renormalisation)
+        if not order:
+            return
+        parts = []
+        if fast_rows:
+            parts.append(fast.build(np.array(fast_rows, dtype=np.int64), self.width, np.array(fast_src)))
+        if len(builder):
+            parts.append(builder.build())
+        cols = parts[0] if len(parts) == 1 else concat(parts)
+        if len(parts) == 2:
+            n_fast = len(fast_rows)
+            cols = cols.select(np.array([i if kind == "fast" else n_fast + i for kind, i in order], dtype=np.int64))
+        if self.renormalised:
+            cols.configs["charge_renormalisation"] = np.array(shifts, dtype=np.float64)
+            cols.masks["charge_renormalisation"] = np.array(has_q, dtype=bool)
+        self.pending.append(cols)
+        self.result.n_written += cols.n_configs
+        self.flush()
+
+    def _check_width(self, k: int | None) -> None:
+        if k is None:
+            return
+        if self.width is None:
+            self.width = k
+        elif k != self.width:
+            raise FrameError(f"atomic_multipoles: {k} columns, {self.width_from} {self.width}; "
+                             "give every config the same max l")
+
+    def flush(self, final: bool = False) -> None:
+        """Write the pending blocks once the multipole width is known (zero-filled absent multipoles take it)."""
+        if "atomic_multipoles" in self.names and self.width is None and not final:
+            return
+        for cols in self.pending:
+            mp = cols.atoms.get("atomic_multipoles")
+            if mp is not None and mp.shape[1] != (self.width or 1):
+                cols.atoms["atomic_multipoles"] = np.zeros((len(mp), self.width or 1))
+            self.writer.append(cols)
+        self.pending = []
 
 
 def _note(result: IngestResult, path, frame_index: int, notes: list[str]) -> None:

@@ -1,0 +1,324 @@
+"""Validation and columns of many C-parsed frames at once (the fast path of :mod:`scfdata.ingest`).
+
+:class:`FastBlock` collects frames in ASE's conventions (:func:`scfdata.extxyz_reader.to_ase_conventions`),
+checks them with whole-block numpy operations, and builds the same columns as the per-frame path
+(:func:`scfdata.ingest.extract_frame` + ``_BlockBuilder``) does, value for value. Its checks only decide
+pass or fail: a frame that fails any of them is handed back, and the per-frame path (ASE parse +
+``extract_frame``) gives it the exact reason it gets today. Periodic frames and clusters above 256 atoms
+get the per-frame geometry check (periodic pair searches), everything else is vectorised.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from ase.data import chemical_symbols
+
+from . import fields
+from .columns import Columns, ptr_from_counts
+from .validate import FrameError, check_geometry, check_total_charge
+
+_Z = {s: z for z, s in enumerate(chemical_symbols)}
+#: A config_type that ASE's reader keeps as this very text (not a number, a boolean or JSON).
+_PLAIN_TEXT = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+_NOT_TEXT = {"inf", "infinity", "nan", "true", "false"}
+#: Names a mapping may not point at for the fast path (ASE builds them from the columns).
+_BUILT = {"positions", "numbers", "symbols"}
+
+
+def _segment_any(bad: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per segment (lengths ``counts``): whether any entry of ``bad`` (first axis) is True."""
+    bad = bad.reshape(len(bad), -1).any(axis=1)
+    if len(bad) == 0:
+        return np.zeros(len(counts), dtype=bool)
+    return np.add.reduceat(bad, ptr_from_counts(counts)[:-1].clip(max=len(bad) - 1)) * (counts > 0) > 0
+
+
+def _pair_min(positions: np.ndarray, n: int) -> np.ndarray:
+    """Closest-pair distance of each config of ``n`` atoms (positions (m, n, 3)), as validate computes it."""
+    i, j = np.triu_indices(n, 1)
+    return np.linalg.norm(positions[:, i, :] - positions[:, j, :], axis=-1).min(axis=1)
+
+
+class FastBlock:
+    """Frames of one block from the C parser, checked and turned into columns together."""
+
+    def __init__(self, mapping, names: list[str], opts):
+        self.opts = opts
+        self.names = names
+        self.keys = []
+        for name, key, _ in mapping.items():
+            f = fields.FIELDS.get(name)
+            shape = (3,) if f is None else f.shape
+            size = 1 if shape == () or shape == (None,) else int(np.prod(shape))
+            self.keys.append((name, key, "atom" if f is None else f.level, shape, size))
+        self.weight_keys = {name: f"config_{name}_weight" for name, _, _, _, _ in self.keys}
+        self.weight_keys["atomic_multipoles"] = "config_atomic_multipoles_weight"
+        self.usable = not any(key in _BUILT for _, key, _, _, _ in self.keys)
+        self._keys_cache: dict = {}
+        self.clear()
+
+    def clear(self) -> None:
+        self.n, self.symbols, self.positions, self.cells, self.pbcs = [], [], [], [], []
+        self.values = {name: [] for name, _, _, _, _ in self.keys}  # (row, value) per present name
+        self.weights, self.config_types = [], []
+        self.tags: list = []
+
+    def __len__(self):
+        return len(self.n)
+
+    def keys_of(self, info: dict, arrays: dict) -> frozenset:
+        sig = (tuple(info), tuple(arrays))
+        keys = self._keys_cache.get(sig)
+        if keys is None:
+            keys = self._keys_cache[sig] = frozenset(info) | frozenset(arrays) | {"numbers", "positions"}
+        return keys
+
+    def add(self, frame, tag) -> bool:
+        """Take one frame (to_ase_conventions' tuple); False when it must go through the per-frame path."""
+        nat, symbols, positions, cell, pbc, info, arrays = frame[:7]
+        got = []
+        for name, key, level, shape, size in self.keys:
+            v = info.get(key)
+            if v is None:
+                v = arrays.get(key)
+                if v is None:
+                    continue
+            t = type(v)
+            if level == "atom":
+                if t is not np.ndarray or v.dtype.kind != "f":
+                    return False
+                if shape == ():
+                    if v.shape == (nat, 1):
+                        v = v[:, 0]
+                    if v.shape != (nat,):
+                        return False
+                elif shape == (None,):
+                    if v.ndim == 1:
+                        v = v[:, None]
+                    k = v.shape[1] if v.ndim == 2 else 0
+                    if v.shape[0] != nat or k == 0 or int(round(k ** 0.5)) ** 2 != k:
+                        return False
+                elif v.shape != (nat, *shape):
+                    return False
+            else:
+                if t is float or t is int:
+                    if size != 1:
+                        return False
+                elif t is not np.ndarray or v.dtype.kind not in "if" or v.ndim != 1:
+                    return False
+                elif v.size != size and not (shape == (3, 3) and v.size == 6):
+                    return False
+            got.append((name, v))
+        w = {}
+        if "config_weight" in info or any(k.startswith("config_") and k.endswith("_weight") for k in info):
+            names = [name for name, _ in got if name != "atomic_dipoles"]
+            if len(names) < len(got):
+                names.append("atomic_multipoles")
+            for key in ["config_weight"] + [self.weight_keys[name] for name in names]:
+                v = info.get(key)
+                if v is None:
+                    continue
+                t = type(v)
+                if not (t is float or t is int or (t is np.ndarray and v.dtype.kind in "if" and v.ndim == 1)):
+                    return False
+                v = np.asarray(v, dtype=np.float64).reshape(-1)
+                if v.size != (3 if key == "config_dipole_weight" else 1):
+                    return False
+                w[key] = v
+        ct = info.get("config_type", "Default")
+        if type(ct) is not str or not _PLAIN_TEXT.fullmatch(ct) or ct.lower() in _NOT_TEXT or ct in "TF":
+            return False
+        row = len(self.n)
+        for name, v in got:
+            self.values[name].append((row, v))
+        self.n.append(nat)
+        self.symbols.append(symbols)
+        self.positions.append(positions)
+        self.cells.append(cell)
+        self.pbcs.append(pbc)
+        self.weights.append(w)
+        self.config_types.append(ct)
+        self.tags.append(tag)
+        return True
+
+    def check(self):
+        """Validate the block. Returns (ok (n,) bool, notes per row, renormalisation (n,) float or None)."""
+        n = np.array(self.n, dtype=np.int64)
+        m = len(n)
+        ok = np.ones(m, dtype=bool)
+        notes: list[list[str]] = [[] for _ in range(m)]
+        sym = np.concatenate(self.symbols) if m else np.zeros(0, str)
+        uniq, inv = np.unique(sym, return_inverse=True)
+        z = np.array([_Z.get(str(s).capitalize(), -1) for s in uniq], dtype=np.int64)
+        self.numbers = z[inv.reshape(-1)] if len(sym) else np.zeros(0, np.int64)
+        ok &= ~_segment_any(self.numbers < 0, n)
+        self.pos = np.concatenate(self.positions).reshape(-1, 3) if m else np.zeros((0, 3))
+        self.cell = np.array(self.cells, dtype=np.float64).reshape(-1, 3, 3)
+        self.pbc = np.array(self.pbcs, dtype=bool).reshape(-1, 3)
+        ok &= ~_segment_any(~np.isfinite(self.pos), n)
+        ok &= np.isfinite(self.cell).all(axis=(1, 2))
+        ptr = ptr_from_counts(n)
+        periodic = self.pbc.any(axis=1)
+        for r in np.flatnonzero(ok & (periodic | (n > 256))).tolist():
+            try:
+                notes[r] = check_geometry(self.pos[ptr[r]:ptr[r + 1]], self.cell[r], self.pbc[r], self.opts)
+            except FrameError:
+                ok[r] = False
+        small = ok & ~periodic & (n >= 2) & (n <= 256)
+        for size in np.unique(n[small]).tolist():
+            rows = np.flatnonzero(small & (n == size))
+            idx = ptr[rows][:, None] + np.arange(size)
+            ok[rows[_pair_min(self.pos[idx], size) < self.opts.min_distance]] = False
+        self.cols = {}
+        for name, items in self.values.items():
+            present = np.zeros(m, dtype=bool)
+            rows = np.array([r for r, _ in items], dtype=np.int64)
+            present[rows] = True
+            vals = [v for _, v in items]
+            if vals and type(vals[0]) is not np.ndarray and all(type(v) is not np.ndarray for v in vals):
+                vals = list(np.array(vals, dtype=np.float64).reshape(-1, 1))
+                ok[rows[~np.isfinite(np.array(vals).reshape(-1))]] = False
+            elif vals:
+                vals = [np.asarray(v, dtype=np.float64).reshape(-1) if type(v) is not np.ndarray else v for v in vals]
+                flat = np.concatenate([v.reshape(-1) for v in vals])
+                sizes = np.array([v.size for v in vals], dtype=np.int64)
+                ok[rows[_segment_any(~np.isfinite(flat), sizes)]] = False
+            self.cols[name] = (present, rows, vals)
+        self._convert_dipoles(ok)
+        self._present = [[] for _ in range(m)]
+        self._width = [None] * m
+        for name in self.names:
+            if name in self.cols:
+                present, rows, vals = self.cols[name]
+                for r, v in zip(rows.tolist(), vals):
+                    self._present[r].append(name)
+                    if name == "atomic_multipoles":
+                        self._width[r] = v.shape[1]
+        renorm = self._check_charges(ok)
+        for r, w in enumerate(self.weights):
+            for v in w.values():
+                if not (np.isfinite(v).all() and (v >= 0).all()):
+                    ok[r] = False
+        return ok, notes, renorm
+
+    def present(self, row: int) -> list[str]:
+        """The stored fields row ``row`` carries (after check)."""
+        return self._present[row]
+
+    def width(self, row: int) -> int | None:
+        """The multipole column count of row ``row`` (None without multipoles)."""
+        return self._width[row]
+
+    def _convert_dipoles(self, ok: np.ndarray) -> None:
+        """charges + Cartesian atomic_dipoles -> atomic_multipoles, for rows without atomic_multipoles."""
+        if "atomic_dipoles" not in self.cols:
+            return
+        present, rows, vals = self.cols.pop("atomic_dipoles")
+        from .reference.multipoles import charges_dipoles_to_multipoles
+
+        m = len(ok)
+        mp_present, mp_rows, mp_vals = self.cols.get("atomic_multipoles", (np.zeros(m, bool), [], []))
+        mp = dict(zip(np.asarray(mp_rows).tolist(), mp_vals))
+        q_present, q_rows, q_vals = self.cols.get("charges", (np.zeros(m, bool), [], []))
+        qv = dict(zip(np.asarray(q_rows).tolist(), q_vals))
+        for r, v in zip(rows.tolist(), vals):
+            if r in mp:
+                continue
+            if r not in qv:
+                ok[r] = False
+                continue
+            mp[r] = charges_dipoles_to_multipoles(qv[r], v)
+        order = sorted(mp)
+        new_present = np.zeros(m, dtype=bool)
+        new_present[order] = True
+        self.cols["atomic_multipoles"] = (new_present, np.array(order, dtype=np.int64), [mp[r] for r in order])
+        self.values.setdefault("atomic_multipoles", [])
+
+    def _check_charges(self, ok: np.ndarray):
+        """Charges against total_charge, as check_total_charge (renormalised or failed); returns the shift
+        total_charge - sum q per row (0 where not shifted) when renormalise_charges is on, else None."""
+        if "total_charge" not in self.cols:
+            return None
+        tc_present, tc_rows, tc_vals = self.cols["total_charge"]
+        total = np.zeros(len(ok))
+        total[tc_rows] = [float(v[0]) for v in tc_vals]
+        renorm = np.zeros(len(ok)) if self.opts.renormalise_charges else None
+        for name in ("atomic_multipoles", "charges"):
+            if name not in self.cols:
+                continue
+            present, rows, vals = self.cols[name]
+            for k, r in enumerate(rows.tolist()):
+                if not tc_present[r] or not ok[r]:
+                    continue
+                q = vals[k][:, 0] if name == "atomic_multipoles" else vals[k]
+                try:
+                    q_new = check_total_charge(q, total[r], self.opts)
+                except FrameError:
+                    ok[r] = False
+                    continue
+                if q_new is not q:
+                    if renorm is not None and renorm[r] == 0:
+                        renorm[r] = total[r] - float(q.sum())
+                    if name == "atomic_multipoles":
+                        vals[k] = vals[k].copy()
+                        vals[k][:, 0] = q_new
+                    else:
+                        vals[k] = q_new
+        return renorm
+
+    def build(self, rows: np.ndarray, width: int | None, sources: np.ndarray) -> Columns:
+        """Columns of the accepted ``rows`` (block order), as _BlockBuilder.build makes them."""
+        n = np.array(self.n, dtype=np.int64)
+        keep = np.zeros(len(n), dtype=bool)
+        keep[rows] = True
+        ptr = ptr_from_counts(n)
+        atom_keep = np.repeat(keep, n)
+        cfg = {
+            "pbc": self.pbc[rows],
+            "cell": self.cell[rows],
+            "weight": np.array([float(self.weights[r].get("config_weight", [1.0])[0]) for r in rows.tolist()],
+                               dtype=np.float64),
+            "config_type": np.array([self.config_types[r] for r in rows.tolist()], dtype=str),
+            "source": np.asarray(sources, dtype=np.int64).reshape(-1, 2),
+        }
+        atoms = {"numbers": self.numbers[atom_keep], "positions": self.pos[atom_keep]}
+        masks = {}
+        for name in self.names:
+            fd = fields.FIELDS[name]
+            shape = (width or 1,) if fd.shape == (None,) else fd.shape
+            present, prow, vals = self.cols.get(name, (np.zeros(len(n), bool), np.zeros(0, np.int64), []))
+            weight = np.ones((len(n),) + fd.mask_shape)
+            if name == "dipole":
+                weight[prow] = (~self.pbc[prow]).astype(float)
+            wkey = f"config_{name}_weight"
+            for r in prow.tolist():
+                w = self.weights[r].get(wkey)
+                if w is not None:
+                    weight[r] = w.reshape(fd.mask_shape)
+            if fd.level == "atom":
+                out = np.zeros((int(ptr[-1]),) + shape)
+                for r, v in zip(prow.tolist(), vals):
+                    if keep[r]:
+                        out[ptr[r]:ptr[r + 1]] = v.reshape((-1,) + shape)
+                atoms[name] = out[atom_keep]
+            else:
+                out = np.zeros((len(n),) + shape)
+                for r, v in zip(prow.tolist(), vals):
+                    if keep[r]:
+                        out[r] = _config_value(v, shape)
+                cfg[name] = out[rows]
+            weight = weight[rows]
+            cfg[fields.weight_name(name)] = weight
+            tail = (1,) * len(fd.mask_shape)
+            live = (weight != 0) & (cfg["weight"] != 0).reshape((-1,) + tail)
+            masks[name] = present[rows].reshape((-1,) + tail) & live
+        return Columns(n_atoms=n[rows], configs=cfg, atoms=atoms, masks=masks)
+
+
+def _config_value(v: np.ndarray, shape: tuple) -> np.ndarray:
+    v = v.astype(np.float64)
+    if shape == (3, 3) and v.size == 6:  # Voigt, as ase.stress.voigt_6_to_full_3x3_stress
+        return v[[[0, 5, 4], [5, 1, 3], [4, 3, 2]]]
+    return v.reshape(shape)

@@ -6,7 +6,8 @@ gives for the same frame text (names ``pos``/``Z``/``species``/``charge`` -> ``p
 ``symbols``/``charges``, ``Lattice`` -> the cell's rows, ``pbc`` default TTT with a Lattice else FFF,
 ``stress``/``virial``/``Lattice`` read as 9 numbers in Fortran order, ``stress`` then to Voigt 6). A frame
 the fast path cannot vouch for is handed back as ``None`` and goes through ASE: frames the C parser
-refuses, nested ``[[...]]`` values, integer tokens of 10+ digits (the C parser keeps 32-bit integers),
+refuses, nested ``[[...]]`` values, integer tokens of 10+ digits (the C parser keeps 32-bit integers) or
+``-0`` (an integer zero to the C parser, -0.0 among floats to ASE),
 ``Z`` or ``move_mask`` columns, integer or non-numeric columns and info values where numbers are used,
 keys present both per config and per atom. The C parser is never given a frame whose count line is not a
 plain positive number below MAX_FRAME_ATOMS (it crashes on 0 atoms).
@@ -30,6 +31,8 @@ _WHITESPACE = np.zeros(256, dtype=bool)
 _WHITESPACE[list(b" \t\n\r\v\f")] = True
 #: An integer token of 10 or more digits: beyond the C parser's 32-bit integers (it would wrap silently).
 _DIGITS = re.compile(rb"\d{10}")
+#: An integer token -0: ASE reads it as -0.0 in a list of floats, the C parser as the integer 0.
+_MINUS_ZERO = re.compile(rb"""(?:^|[\s="',\[{])-0+(?=$|[\s"',\]}])""")
 _BIG_INT = re.compile(rb"""(?:^|[\s="',\[{])[+-]?\d{10,}(?=$|[\s"',\]}])""")
 
 #: ASE's extxyz column renames (ase.io.extxyz.REV_PROPERTY_NAME_MAP) and its 3x3 info keys.
@@ -145,7 +148,9 @@ class CParser:
     def read(self, span: Span):
         """(n_atoms, symbols, positions, cell, pbc, info, arrays, span) in ASE's conventions, or None."""
         c = self._c
-        if b"[[" in span.comment or (_DIGITS.search(span.comment) and _BIG_INT.search(span.comment)):
+        comment = span.comment
+        if (b"[[" in comment or (_DIGITS.search(comment) and _BIG_INT.search(comment))
+                or (b"-0" in comment and _MINUS_ZERO.search(comment))):
             return None
         if c.cftell(self._fp) != span.offset:
             c.cfseek(self._fp, span.offset, 0)

@@ -496,12 +496,12 @@ class _Run:
     def block(self, file_index: int, path, items: list) -> None:
         fast, slow = self.fast, {}
         fast.clear()
-        kinds = []
+        kinds, fast_keys = [], []
         for frame_index, frame in items:
             if type(frame) is tuple and fast.usable:
                 keys = fast.keys_of(frame[5], frame[6])
                 if fast.add(frame, frame_index):
-                    self.result.keys_seen |= keys
+                    fast_keys.append(keys)
                     kinds.append(("fast", len(fast) - 1))
                     continue
                 frame = _parse_extxyz_frame(path, _read_text(path, frame[7]))
@@ -521,6 +521,7 @@ class _Run:
             caught = []
             try:
                 if kind == "fast":
+                    self.result.keys_seen |= fast_keys[ref]
                     frame_notes, present = notes[ref], fast.present(ref)
                     self._check_width(fast.width(ref))
                 else:
@@ -561,6 +562,7 @@ class _Run:
         if fast_rows:
             parts.append(fast.build(np.array(fast_rows, dtype=np.int64), self.width, np.array(fast_src)))
         if len(builder):
+            builder.columns_k = self.width
             parts.append(builder.build())
         cols = parts[0] if len(parts) == 1 else concat(parts)
         if len(parts) == 2:

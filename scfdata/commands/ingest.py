@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from ..h5io import StreamWriter
-from ..ingest import PARSERS, IngestError, check_input_file, check_keys_found, ingest, sha256
+from ..ingest import PARSERS, IngestError, check_input_file, check_keys_found, ingest, is_extxyz, sha256
 from ..keys import KeyMapping, load_yaml, mapping_for_dataset
 from ..provenance import versions
 from ..shards import plan_shards, scan_input
@@ -68,15 +68,18 @@ _FORMAT_FIX = ("give the format: `--format NAME` on the command line, or `format
 
 def check_readable(path: str | Path, fmt: str | None) -> None:
     """Refuse an empty file and a format ase.io cannot read (unknown name or file type), naming the file.
-    A missing file is left to the reader (which names it)."""
-    from ase.io.formats import UnknownFileTypeError, filetype, get_ioformat
-
+    A missing file is left to the reader (which names it). extxyz is read by scfdata's own framing (ase.io is
+    not imported for it)."""
     path = Path(path)
     if not os.path.lexists(path):
         return
     check_input_file(path)
     if path.stat().st_size == 0:
         raise IngestError(f"no frames in {path}: the file is empty; remove it from the inputs or regenerate it")
+    if is_extxyz(path, fmt):
+        return
+    from ase.io.formats import UnknownFileTypeError, filetype, get_ioformat
+
     try:
         name = fmt or filetype(str(path), read=True)
     except UnknownFileTypeError as e:

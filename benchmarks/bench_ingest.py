@@ -1,36 +1,32 @@
-"""Ingest throughput: extxyz -> scfdata HDF5 against `ase.io.iread` alone on the same file.
+"""Ingest throughput: extxyz -> scfdata HDF5 against the parsers alone, whole processes side by side.
 
-Generates an N-config water-cluster extxyz (2-8 waters each, energy, forces, 4-column multipoles,
-dipole), then times, each in a fresh subprocess (peak RSS from resource.getrusage):
-  1. parsing only: `for atoms in ase.io.iread(path): pass`
-  2. scfdata ingest (parse + validate + write the contiguous HDF5)
-Reports both, their ratio (goal <= 1.5) and peak RSS at N/5 and N (memory must not grow with N).
+Generates an N-config water-cluster extxyz (2-8 waters each, energy, forces, 4-column multipoles, dipole,
+total charge), then times, each as a fresh process (wall time of the whole process, start-up included; peak
+RSS from resource.getrusage of the child):
+  1. `ase.io.iread` alone: `for atoms in ase.io.iread(path): pass`
+  2. the C parser alone: `for frame in extxyz.iread_dicts(path): pass` (libextxyz, PyPI `extxyz`)
+  3. `scfdata ingest` (default parser: the C path; parse + validate + write the contiguous HDF5)
+  4. `scfdata ingest --parser ase` (every frame through ASE's reader)
+Reports the times and each one's speed-up over (1) (goal: scfdata ingest >= 3x), at N/5 and N configs,
+and the peak RSS of `scfdata ingest` at 20k and 200k configs with `--rss` (memory must not grow with N).
 
-Run: python benchmarks/bench_ingest.py [--n 50000]
+Run: python benchmarks/bench_ingest.py [--n 50000] [--rss]
 """
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
-PARSE = """
-import ase.io, resource, sys, time
-t = time.perf_counter(); n = 0
-for a in ase.io.iread(sys.argv[1]): n += 1
-print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-"""
-INGEST = """
-import resource, sys, time
-from scfdata.cli import main
-t = time.perf_counter()
-main(["ingest", sys.argv[1], "--keys", sys.argv[2], "-o", sys.argv[3]])
-print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-"""
+PARSE_ASE = "import ase.io, sys\nfor a in ase.io.iread(sys.argv[1]): pass\n"
+PARSE_C = "import extxyz, sys\nfor f in extxyz.iread_dicts(sys.argv[1]): pass\n"
+INGEST = ["-m", "scfdata.cli", "ingest", "--on-error", "reject"]  # as the workflow runs it (overlaps happen)
 KEYS = {"info_keys": {"energy": "DFT_energy", "dipole": "DFT_dipole", "total_charge": "total_charge"},
         "arrays_keys": {"forces": "DFT_forces", "atomic_multipoles": "DFT_multipoles"}}
 
@@ -56,29 +52,51 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
                 fh.write(s + " " + " ".join(f"{x:.8f}" for x in r) + "\n")
 
 
-def run(code, *args):
-    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, check=True)
-    t, rss = out.stdout.split()[-2:]
-    return float(t), float(rss)
+def run(*argv) -> tuple[float, float]:
+    """(wall seconds, peak RSS MiB) of one child process."""
+    t = time.perf_counter()
+    subprocess.run([sys.executable, *map(str, argv)], check=True, capture_output=True, text=True)
+    elapsed = time.perf_counter() - t
+    return elapsed, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def rss_of(*argv) -> float:
+    """Peak RSS (MiB) of one child process alone (a fresh helper process reports its own child's)."""
+    code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)")
+    out = subprocess.run([sys.executable, "-c", code, sys.executable, *map(str, argv)], check=True,
+                         capture_output=True, text=True)
+    return float(out.stdout.split()[-1])
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=50000)
+    ap.add_argument("--rss", action="store_true", help="also peak RSS of scfdata ingest at 20k and 200k configs")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         keys = d / "keys.yaml"
         keys.write_text(json.dumps(KEYS))
-        print(f"{'configs':>8} {'MiB':>6} {'iread s':>8} {'ingest s':>9} {'ratio':>6} {'iread RSS':>10} "
-              f"{'ingest RSS':>11}")
+        print(f"{'configs':>8} {'MiB':>6} {'iread s':>8} {'C parse s':>9} {'ingest s':>9} {'ingest ase s':>12}  "
+              "speed-up over iread: C parse / ingest / ingest ase")
         for n in (args.n // 5, args.n):
             src = d / f"w{n}.extxyz"
             generate(src, n)
-            t_parse, rss_parse = run(PARSE, src)
-            t_ingest, rss_ingest = run(INGEST, src, keys, d / f"w{n}.h5")
-            print(f"{n:8d} {src.stat().st_size / 2**20:6.1f} {t_parse:8.2f} {t_ingest:9.2f} "
-                  f"{t_ingest / t_parse:6.2f} {rss_parse:8.0f}MB {rss_ingest:9.0f}MB", flush=True)
+            t_ase = run("-c", PARSE_ASE, src)[0]
+            t_c = run("-c", PARSE_C, src)[0]
+            t_ing = run(*INGEST, src, "--keys", keys, "-o", d / f"w{n}.h5")[0]
+            t_ing_ase = run(*INGEST, src, "--keys", keys, "-o", d / f"w{n}-ase.h5", "--parser", "ase")[0]
+            print(f"{n:8d} {src.stat().st_size / 2**20:6.1f} {t_ase:8.2f} {t_c:9.2f} {t_ing:9.2f} {t_ing_ase:12.2f}  "
+                  f"{t_ase / t_c:.2f}x / {t_ase / t_ing:.2f}x / {t_ase / t_ing_ase:.2f}x", flush=True)
+        if args.rss:
+            for n in (20000, 200000):
+                src = d / f"r{n}.extxyz"
+                generate(src, n)
+                rss = rss_of(*INGEST, src, "--keys", keys, "-o", d / f"r{n}.h5")
+                print(f"peak RSS of scfdata ingest, {n} configs ({src.stat().st_size / 2**20:.0f} MiB): {rss:.0f} MiB",
+                      flush=True)
+                src.unlink()
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ CHUNK = 1 << 24
 _WHITESPACE = np.zeros(256, dtype=bool)
 _WHITESPACE[list(b" \t\n\r\v\f")] = True
 #: An integer token of 10 or more digits: beyond the C parser's 32-bit integers (it would wrap silently).
-_DIGITS = re.compile(rb"\d{10}")
+#: Anything in a comment line that may need a closer look (one search per frame): nested arrays, 10 digits in
+#: a row, a minus zero.
+_SUSPECT = re.compile(rb"\[\[|\d{10}|-0+(?![\d.])")
 #: An integer token -0: ASE reads it as -0.0 in a list of floats, the C parser as the integer 0.
 _MINUS_ZERO = re.compile(rb"""(?:^|[\s="',\[{])-0+(?=$|[\s"',\]}])""")
 _BIG_INT = re.compile(rb"""(?:^|[\s="',\[{])[+-]?\d{10,}(?=$|[\s"',\]}])""")
@@ -131,6 +133,7 @@ class CParser:
 
         self._c = cextxyz
         self._fp = cextxyz.cfopen(str(path), "r")
+        self._pos = 0  # where the C reader stands (-1: unknown)
         if not self._fp:
             raise OSError(f"{path}: cannot be opened by the C parser")
 
@@ -149,17 +152,17 @@ class CParser:
         """(n_atoms, symbols, positions, cell, pbc, info, arrays, span) in ASE's conventions, or None."""
         c = self._c
         comment = span.comment
-        if (b"[[" in comment or (_DIGITS.search(comment) and _BIG_INT.search(comment))
-                or (b"-0" in comment and _MINUS_ZERO.search(comment))):
+        if _SUSPECT.search(comment) and (b"[[" in comment or _BIG_INT.search(comment) or _MINUS_ZERO.search(comment)):
             return None
-        if c.cftell(self._fp) != span.offset:
+        if self._pos != span.offset:
             c.cfseek(self._fp, span.offset, 0)
+        self._pos = -1
         try:
             nat, info, arrays = c.read_frame_dicts(self._fp, use_cleri=False)
         except Exception:  # the C parser refuses the frame: ASE gets its chance
-            c.cfseek(self._fp, span.end, 0)
             return None
-        if nat != span.n_atoms or c.cftell(self._fp) != span.end:
+        self._pos = c.cftell(self._fp)
+        if nat != span.n_atoms or self._pos != span.end:
             return None
         frame = to_ase_conventions(nat, info, arrays, span.comment)
         return None if frame is None else (*frame, span)

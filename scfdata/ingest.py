@@ -514,7 +514,8 @@ class _Run:
                 kinds[k] = ("slow", frame_index)
                 slow[frame_index] = _parse_extxyz_frame(path, _read_text(path, items[k][1][7]))
         builder = _BlockBuilder(self.names, self.width, self.width_from)
-        fast_rows, fast_src, order, shifts, has_q = [], [], [], [], []
+        fast_rows, fast_src, order, slow_shifts, slow_q = [], [], [], [], []
+        widths = fast.widths if len(fast) else None
         for k, (kind, ref) in enumerate(kinds):
             frame_index = items[k][0]
             self.result.n_read += 1
@@ -522,8 +523,14 @@ class _Run:
             try:
                 if kind == "fast":
                     self.result.keys_seen |= fast_keys[ref]
-                    frame_notes, present = notes[ref], fast.present(ref)
-                    self._check_width(fast.width(ref))
+                    if widths[ref] >= 0:
+                        self._check_width(int(widths[ref]))
+                    if not notes[ref]:
+                        fast_rows.append(ref)
+                        fast_src.append((file_index, frame_index))
+                        order.append(len(fast_rows) - 1)
+                        continue
+                    frame_notes = notes[ref]
                 else:
                     with warnings.catch_warnings(record=True) as caught:
                         warnings.simplefilter("always")
@@ -534,7 +541,7 @@ class _Run:
                         frame = extract_frame(atoms, self.mapping, self.opts)
                         mp = frame.values.get("atomic_multipoles")
                         self._check_width(None if mp is None else mp.shape[1])
-                        frame_notes, present = frame.notes, frame.values
+                        frame_notes = frame.notes
             except FrameError as e:
                 if self.on_error == "raise":
                     raise IngestError(f"{path}: frame {frame_index}: {e}") from None
@@ -543,34 +550,41 @@ class _Run:
             if frame_notes or caught:
                 _note(self.result, path, frame_index,
                       frame_notes + [f"{w.category.__name__}: {w.message}" for w in caught])
-            for n in present:
-                if n in self.result.coverage:
-                    self.result.coverage[n] += 1
-            has_q.append("total_charge" in present and ("atomic_multipoles" in present or "charges" in present))
             if kind == "fast":
                 fast_rows.append(ref)
                 fast_src.append((file_index, frame_index))
-                order.append(("fast", len(fast_rows) - 1))
-                shifts.append(0.0 if renorm is None else renorm[ref])
-            else:
-                builder.add(frame, (file_index, frame_index))
-                order.append(("slow", len(builder) - 1))
-                shifts.append(frame.renormalisation)
+                order.append(len(fast_rows) - 1)
+                continue
+            for n in frame.values:
+                if n in self.result.coverage:
+                    self.result.coverage[n] += 1
+            builder.add(frame, (file_index, frame_index))
+            order.append(-len(builder))
+            slow_shifts.append(frame.renormalisation)
+            slow_q.append("total_charge" in frame.values
+                          and ("atomic_multipoles" in frame.values or "charges" in frame.values))
         if not order:
             return
-        parts = []
+        rows = np.array(fast_rows, dtype=np.int64)
+        parts, shifts, has_q = [], [], []
         if fast_rows:
-            parts.append(fast.build(np.array(fast_rows, dtype=np.int64), self.width, np.array(fast_src)))
+            for name, count in fast.coverage(rows).items():
+                self.result.coverage[name] += count
+            parts.append(fast.build(rows, self.width, np.array(fast_src)))
+            shifts.append(np.zeros(len(rows)) if renorm is None else renorm[rows])
+            has_q.append(fast.has_charges(rows))
         if len(builder):
             builder.columns_k = self.width
             parts.append(builder.build())
+            shifts.append(np.array(slow_shifts, dtype=np.float64))
+            has_q.append(np.array(slow_q, dtype=bool))
         cols = parts[0] if len(parts) == 1 else concat(parts)
-        if len(parts) == 2:
-            n_fast = len(fast_rows)
-            cols = cols.select(np.array([i if kind == "fast" else n_fast + i for kind, i in order], dtype=np.int64))
         if self.renormalised:
-            cols.configs["charge_renormalisation"] = np.array(shifts, dtype=np.float64)
-            cols.masks["charge_renormalisation"] = np.array(has_q, dtype=bool)
+            cols.configs["charge_renormalisation"] = np.concatenate(shifts)
+            cols.masks["charge_renormalisation"] = np.concatenate(has_q)
+        if len(parts) == 2:  # back to input order
+            n_fast = len(fast_rows)
+            cols = cols.select(np.array([i if i >= 0 else n_fast - i - 1 for i in order], dtype=np.int64))
         self.pending.append(cols)
         self.result.n_written += cols.n_configs
         self.flush()

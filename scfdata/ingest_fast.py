@@ -63,6 +63,7 @@ class FastBlock:
         self.n, self.symbols, self.positions, self.cells, self.pbcs = [], [], [], [], []
         self.values = {name: [] for name, _, _, _, _ in self.keys}  # (row, value) per present name
         self.weights, self.config_types = [], []
+        self.any_weights = False
         self.tags: list = []
 
     def __len__(self):
@@ -139,6 +140,7 @@ class FastBlock:
         self.cells.append(cell)
         self.pbcs.append(pbc)
         self.weights.append(w)
+        self.any_weights = self.any_weights or bool(w)
         self.config_types.append(ct)
         self.tags.append(tag)
         return True
@@ -173,55 +175,66 @@ class FastBlock:
             ok[rows[_pair_min(self.pos[idx], size) < self.opts.min_distance]] = False
         self.cols = {}
         for name, items in self.values.items():
-            present = np.zeros(m, dtype=bool)
-            rows = np.array([r for r, _ in items], dtype=np.int64)
-            present[rows] = True
-            vals = [v for _, v in items]
-            if vals and type(vals[0]) is not np.ndarray and all(type(v) is not np.ndarray for v in vals):
-                vals = list(np.array(vals, dtype=np.float64).reshape(-1, 1))
-                ok[rows[~np.isfinite(np.array(vals).reshape(-1))]] = False
-            elif vals:
-                vals = [np.asarray(v, dtype=np.float64).reshape(-1) if type(v) is not np.ndarray else v for v in vals]
-                flat = np.concatenate([v.reshape(-1) for v in vals])
-                sizes = np.array([v.size for v in vals], dtype=np.int64)
-                ok[rows[_segment_any(~np.isfinite(flat), sizes)]] = False
-            self.cols[name] = (present, rows, vals)
+            self.cols[name] = self._column(items, ok)
         self._convert_dipoles(ok)
-        self._present = [[] for _ in range(m)]
-        self._width = [None] * m
-        for name in self.names:
-            if name in self.cols:
-                present, rows, vals = self.cols[name]
-                for r, v in zip(rows.tolist(), vals):
-                    self._present[r].append(name)
-                    if name == "atomic_multipoles":
-                        self._width[r] = v.shape[1]
+        self.widths = np.full(m, -1, dtype=np.int64)
+        if "atomic_multipoles" in self.cols:
+            _, rows, vals, _ = self.cols["atomic_multipoles"]
+            self.widths[rows] = [v.shape[1] for v in vals]
         renorm = self._check_charges(ok)
-        for r, w in enumerate(self.weights):
-            for v in w.values():
-                if not (np.isfinite(v).all() and (v >= 0).all()):
-                    ok[r] = False
+        if self.any_weights:
+            for r, w in enumerate(self.weights):
+                for v in w.values():
+                    if not (np.isfinite(v).all() and (v >= 0).all()):
+                        ok[r] = False
         return ok, notes, renorm
 
-    def present(self, row: int) -> list[str]:
-        """The stored fields row ``row`` carries (after check)."""
-        return self._present[row]
+    def _column(self, items: list, ok: np.ndarray):
+        """(present (m,), rows, values per row, all values concatenated or None) of one name; rows with a
+        NaN or infinite value are marked not ok."""
+        m = len(ok)
+        rows = np.fromiter((r for r, _ in items), dtype=np.int64, count=len(items))
+        present = np.zeros(m, dtype=bool)
+        present[rows] = True
+        vals = [v for _, v in items]
+        if not vals:
+            return present, rows, vals, None
+        if all(type(v) is not np.ndarray for v in vals):
+            cat = np.array(vals, dtype=np.float64).reshape(-1, 1)
+            ok[rows[~np.isfinite(cat[:, 0])]] = False
+            return present, rows, list(cat), cat
+        vals = [v if type(v) is np.ndarray else np.array([v], dtype=np.float64) for v in vals]
+        try:
+            cat = np.concatenate(vals).astype(np.float64, copy=False)
+            lengths = np.fromiter((len(v) for v in vals), dtype=np.int64, count=len(vals))
+        except ValueError:  # differing column counts (rejected later): check each value flat
+            cat = None
+            flat = np.concatenate([v.reshape(-1) for v in vals])
+            lengths = np.fromiter((v.size for v in vals), dtype=np.int64, count=len(vals))
+        ok[rows[_segment_any(~np.isfinite(cat if cat is not None else flat), lengths)]] = False
+        return present, rows, vals, cat
 
-    def width(self, row: int) -> int | None:
-        """The multipole column count of row ``row`` (None without multipoles)."""
-        return self._width[row]
+    def coverage(self, rows: np.ndarray) -> dict[str, int]:
+        """How many of ``rows`` carry each stored field."""
+        return {name: int(col[0][rows].sum()) for name, col in self.cols.items() if name in self.names}
+
+    def has_charges(self, rows: np.ndarray) -> np.ndarray:
+        """Rows with total_charge and charges (or multipoles): where charge_renormalisation is defined."""
+        none = np.zeros(len(self.n), dtype=bool)
+        q = self.cols.get("atomic_multipoles", (none,))[0] | self.cols.get("charges", (none,))[0]
+        return (self.cols.get("total_charge", (none,))[0] & q)[rows]
 
     def _convert_dipoles(self, ok: np.ndarray) -> None:
         """charges + Cartesian atomic_dipoles -> atomic_multipoles, for rows without atomic_multipoles."""
         if "atomic_dipoles" not in self.cols:
             return
-        present, rows, vals = self.cols.pop("atomic_dipoles")
+        present, rows, vals, _ = self.cols.pop("atomic_dipoles")
         from .reference.multipoles import charges_dipoles_to_multipoles
 
         m = len(ok)
-        mp_present, mp_rows, mp_vals = self.cols.get("atomic_multipoles", (np.zeros(m, bool), [], []))
+        _, mp_rows, mp_vals, _ = self.cols.get("atomic_multipoles", (None, [], [], None))
         mp = dict(zip(np.asarray(mp_rows).tolist(), mp_vals))
-        q_present, q_rows, q_vals = self.cols.get("charges", (np.zeros(m, bool), [], []))
+        _, q_rows, q_vals, _ = self.cols.get("charges", (None, [], [], None))
         qv = dict(zip(np.asarray(q_rows).tolist(), q_vals))
         for r, v in zip(rows.tolist(), vals):
             if r in mp:
@@ -233,25 +246,36 @@ class FastBlock:
         order = sorted(mp)
         new_present = np.zeros(m, dtype=bool)
         new_present[order] = True
-        self.cols["atomic_multipoles"] = (new_present, np.array(order, dtype=np.int64), [mp[r] for r in order])
-        self.values.setdefault("atomic_multipoles", [])
+        self.cols["atomic_multipoles"] = (new_present, np.array(order, dtype=np.int64), [mp[r] for r in order], None)
 
     def _check_charges(self, ok: np.ndarray):
         """Charges against total_charge, as check_total_charge (renormalised or failed); returns the shift
-        total_charge - sum q per row (0 where not shifted) when renormalise_charges is on, else None."""
+        total_charge - sum q per row (0 where not shifted) when renormalise_charges is on, else None.
+        Block-wise sums decide the clear cases; a row off by more than half the tolerance is checked alone
+        (check_total_charge's own sum), so the outcome and the shifted values are exactly the per-frame ones."""
         if "total_charge" not in self.cols:
             return None
-        tc_present, tc_rows, tc_vals = self.cols["total_charge"]
+        tc_present, tc_rows, _, tc_cat = self.cols["total_charge"]
         total = np.zeros(len(ok))
-        total[tc_rows] = [float(v[0]) for v in tc_vals]
+        total[tc_rows] = (tc_cat.reshape(-1) if tc_cat is not None
+                          else [float(v.reshape(-1)[0]) for v in self.cols["total_charge"][2]])
         renorm = np.zeros(len(ok)) if self.opts.renormalise_charges else None
         for name in ("atomic_multipoles", "charges"):
             if name not in self.cols:
                 continue
-            present, rows, vals = self.cols[name]
-            for k, r in enumerate(rows.tolist()):
-                if not tc_present[r] or not ok[r]:
-                    continue
+            present, rows, vals, cat = self.cols[name]
+            if not len(rows):
+                continue
+            if cat is not None:
+                q_all = cat[:, 0] if name == "atomic_multipoles" else cat
+                starts = ptr_from_counts(np.fromiter((len(v) for v in vals), dtype=np.int64, count=len(vals)))[:-1]
+                sums = np.add.reduceat(q_all, starts)
+            else:
+                sums = np.array([(v[:, 0] if name == "atomic_multipoles" else v).sum() for v in vals])
+            clear = np.abs(sums - total[rows]) <= 0.5 * self.opts.charge_tolerance
+            changed = False
+            for k in np.flatnonzero(tc_present[rows] & ok[rows] & ~clear).tolist():
+                r = int(rows[k])
                 q = vals[k][:, 0] if name == "atomic_multipoles" else vals[k]
                 try:
                     q_new = check_total_charge(q, total[r], self.opts)
@@ -259,6 +283,7 @@ class FastBlock:
                     ok[r] = False
                     continue
                 if q_new is not q:
+                    changed = True
                     if renorm is not None and renorm[r] == 0:
                         renorm[r] = total[r] - float(q.sum())
                     if name == "atomic_multipoles":
@@ -266,6 +291,8 @@ class FastBlock:
                         vals[k][:, 0] = q_new
                     else:
                         vals[k] = q_new
+            if changed:
+                self.cols[name] = (present, rows, vals, None)
         return renorm
 
     def build(self, rows: np.ndarray, width: int | None, sources: np.ndarray) -> Columns:
@@ -278,31 +305,39 @@ class FastBlock:
         cfg = {
             "pbc": self.pbc[rows],
             "cell": self.cell[rows],
-            "weight": np.array([float(self.weights[r].get("config_weight", [1.0])[0]) for r in rows.tolist()],
-                               dtype=np.float64),
+            "weight": (np.array([float(self.weights[r].get("config_weight", [1.0])[0]) for r in rows.tolist()],
+                                dtype=np.float64) if self.any_weights else np.ones(len(rows))),
             "config_type": np.array([self.config_types[r] for r in rows.tolist()], dtype=str),
             "source": np.asarray(sources, dtype=np.int64).reshape(-1, 2),
         }
         atoms = {"numbers": self.numbers[atom_keep], "positions": self.pos[atom_keep]}
         masks = {}
+        everything = bool(keep.all())
         for name in self.names:
             fd = fields.FIELDS[name]
             shape = (width or 1,) if fd.shape == (None,) else fd.shape
-            present, prow, vals = self.cols.get(name, (np.zeros(len(n), bool), np.zeros(0, np.int64), []))
+            present, prow, vals, cat = self.cols.get(name, (np.zeros(len(n), bool), np.zeros(0, np.int64), [], None))
             weight = np.ones((len(n),) + fd.mask_shape)
             if name == "dipole":
                 weight[prow] = (~self.pbc[prow]).astype(float)
-            wkey = f"config_{name}_weight"
-            for r in prow.tolist():
-                w = self.weights[r].get(wkey)
-                if w is not None:
-                    weight[r] = w.reshape(fd.mask_shape)
+            if self.any_weights:
+                wkey = f"config_{name}_weight"
+                for r in prow.tolist():
+                    w = self.weights[r].get(wkey)
+                    if w is not None:
+                        weight[r] = w.reshape(fd.mask_shape)
+            whole = cat is not None and everything and len(prow) == len(n)
             if fd.level == "atom":
-                out = np.zeros((int(ptr[-1]),) + shape)
-                for r, v in zip(prow.tolist(), vals):
-                    if keep[r]:
-                        out[ptr[r]:ptr[r + 1]] = v.reshape((-1,) + shape)
-                atoms[name] = out[atom_keep]
+                if whole and cat.size == int(ptr[-1]) * int(np.prod(shape)):
+                    atoms[name] = cat.reshape((-1,) + shape)
+                else:
+                    out = np.zeros((int(ptr[-1]),) + shape)
+                    for r, v in zip(prow.tolist(), vals):
+                        if keep[r]:
+                            out[ptr[r]:ptr[r + 1]] = v.reshape((-1,) + shape)
+                    atoms[name] = out[atom_keep]
+            elif whole and cat.size == len(n) * int(np.prod(shape)):
+                cfg[name] = cat.reshape((-1,) + shape)
             else:
                 out = np.zeros((len(n),) + shape)
                 for r, v in zip(prow.tolist(), vals):

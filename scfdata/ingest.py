@@ -509,10 +509,11 @@ class _Run:
             slow[frame_index] = frame
         ok, notes, renorm = fast.check() if len(fast) else (np.zeros(0, bool), [], None)
         for k, (kind, ref) in enumerate(kinds):
-            if kind == "fast" and not ok[ref]:
+            if kind == "fast" and not ok[ref]:  # the per-frame path names the reason
                 frame_index = items[k][0]
                 kinds[k] = ("slow", frame_index)
-                slow[frame_index] = _parse_extxyz_frame(path, _read_text(path, items[k][1][7]))
+                slow[frame_index] = (fast.view(ref, items[k][1])
+                                     or _parse_extxyz_frame(path, _read_text(path, items[k][1][7])))
         builder = _BlockBuilder(self.names, self.width, self.width_from)
         fast_rows, fast_src, order, slow_shifts, slow_q = [], [], [], [], []
         widths = fast.widths if len(fast) else None

@@ -214,6 +214,15 @@ class FastBlock:
         ok[rows[_segment_any(~np.isfinite(cat if cat is not None else flat), lengths)]] = False
         return present, rows, vals, cat
 
+    def view(self, row: int, frame) -> FrameView | None:
+        """The frame of ``row`` (after check) as ASE would hold it; None when a symbol is not an element."""
+        ptr = ptr_from_counts(np.array(self.n, dtype=np.int64))
+        numbers = self.numbers[ptr[row]:ptr[row + 1]]
+        if (numbers < 0).any():
+            return None
+        return FrameView(numbers.copy(), np.asarray(frame[2], dtype=np.float64), frame[3], frame[4], frame[5],
+                         frame[6])
+
     def coverage(self, rows: np.ndarray) -> dict[str, int]:
         """How many of ``rows`` carry each stored field."""
         return {name: int(col[0][rows].sum()) for name, col in self.cols.items() if name in self.names}
@@ -350,6 +359,26 @@ class FastBlock:
             live = (weight != 0) & (cfg["weight"] != 0).reshape((-1,) + tail)
             masks[name] = present[rows].reshape((-1,) + tail) & live
         return Columns(n_atoms=n[rows], configs=cfg, atoms=atoms, masks=masks)
+
+
+class FrameView:
+    """A C-parsed frame seen as the ase.Atoms that ASE's reader would build (what extract_frame reads), so
+    that a frame failing a block check gets its reason without parsing it again."""
+
+    calc = None
+
+    def __init__(self, numbers, positions, cell, pbc, info, arrays):
+        self.numbers, self.positions, self.pbc, self.info = numbers, positions, pbc, info
+        self.cell = _Cell(cell)
+        self.arrays = {"numbers": numbers, "positions": positions, **arrays}
+
+    def __len__(self):
+        return len(self.numbers)
+
+
+class _Cell:
+    def __init__(self, array):
+        self.array = array
 
 
 def _config_value(v: np.ndarray, shape: tuple) -> np.ndarray:

@@ -35,10 +35,33 @@ def _segment_any(bad: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.add.reduceat(bad, ptr_from_counts(counts)[:-1].clip(max=len(bad) - 1)) * (counts > 0) > 0
 
 
+def _atomic_numbers(symbols: np.ndarray) -> np.ndarray:
+    """Atomic numbers of symbols as ASE reads them (capitalised), -1 for a symbol that is no element. Symbols
+    of up to 3 characters are told apart by their code points packed into one integer (a fast unique)."""
+    if symbols.dtype.kind != "U" or not len(symbols):
+        return np.full(len(symbols), -1, dtype=np.int64)
+    codes = np.ascontiguousarray(symbols).view(np.uint32).reshape(len(symbols), -1).astype(np.int64)
+    if codes.shape[1] <= 3 or not codes[:, 3:].any():
+        key = codes[:, 0] | (codes[:, 1] << 21 if codes.shape[1] > 1 else 0) | (
+            codes[:, 2] << 42 if codes.shape[1] > 2 else 0)
+        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+        uniq = symbols[first]
+    else:
+        uniq, inv = np.unique(symbols, return_inverse=True)
+    z = np.array([_Z.get(str(s).capitalize(), -1) for s in uniq], dtype=np.int64)
+    return z[inv.reshape(-1)]
+
+
 def _pair_min(positions: np.ndarray, n: int) -> np.ndarray:
-    """Closest-pair distance of each config of ``n`` atoms (positions (m, n, 3)), as validate computes it."""
+    """Closest-pair distance of each config of ``n`` atoms (positions (m, n, 3)), bit for bit as validate's
+    norm of the differences: squares summed x, y, z in that order, the square root of the smallest."""
     i, j = np.triu_indices(n, 1)
-    return np.linalg.norm(positions[:, i, :] - positions[:, j, :], axis=-1).min(axis=1)
+    s = np.zeros((len(positions), len(i)))
+    for c in range(3):
+        x = np.ascontiguousarray(positions[:, :, c])
+        d = x[:, i] - x[:, j]
+        s += d * d
+    return np.sqrt(s.min(axis=1))
 
 
 class FastBlock:
@@ -147,14 +170,11 @@ class FastBlock:
 
     def check(self):
         """Validate the block. Returns (ok (n,) bool, notes per row, renormalisation (n,) float or None)."""
-        n = np.array(self.n, dtype=np.int64)
+        n = self._n = np.array(self.n, dtype=np.int64)
         m = len(n)
         ok = np.ones(m, dtype=bool)
         notes: list[list[str]] = [[] for _ in range(m)]
-        sym = np.concatenate(self.symbols) if m else np.zeros(0, str)
-        uniq, inv = np.unique(sym, return_inverse=True)
-        z = np.array([_Z.get(str(s).capitalize(), -1) for s in uniq], dtype=np.int64)
-        self.numbers = z[inv.reshape(-1)] if len(sym) else np.zeros(0, np.int64)
+        self.numbers = _atomic_numbers(np.concatenate(self.symbols) if m else np.zeros(0, "U1"))
         ok &= ~_segment_any(self.numbers < 0, n)
         self.pos = np.concatenate(self.positions).reshape(-1, 3) if m else np.zeros((0, 3))
         self.cell = np.array(self.cells, dtype=np.float64).reshape(-1, 3, 3)
@@ -174,8 +194,8 @@ class FastBlock:
             idx = ptr[rows][:, None] + np.arange(size)
             ok[rows[_pair_min(self.pos[idx], size) < self.opts.min_distance]] = False
         self.cols = {}
-        for name, items in self.values.items():
-            self.cols[name] = self._column(items, ok)
+        for name, _, level, _, _ in self.keys:
+            self.cols[name] = self._column(self.values[name], ok, level == "atom")
         self._convert_dipoles(ok)
         self.widths = np.full(m, -1, dtype=np.int64)
         if "atomic_multipoles" in self.cols:
@@ -189,7 +209,7 @@ class FastBlock:
                         ok[r] = False
         return ok, notes, renorm
 
-    def _column(self, items: list, ok: np.ndarray):
+    def _column(self, items: list, ok: np.ndarray, atom_level: bool):
         """(present (m,), rows, values per row, all values concatenated or None) of one name; rows with a
         NaN or infinite value are marked not ok."""
         m = len(ok)
@@ -206,7 +226,8 @@ class FastBlock:
         vals = [v if type(v) is np.ndarray else np.array([v], dtype=np.float64) for v in vals]
         try:
             cat = np.concatenate(vals).astype(np.float64, copy=False)
-            lengths = np.fromiter((len(v) for v in vals), dtype=np.int64, count=len(vals))
+            lengths = (self._n[rows] if atom_level
+                       else np.fromiter((len(v) for v in vals), dtype=np.int64, count=len(vals)))
         except ValueError:  # differing column counts (rejected later): check each value flat
             cat = None
             flat = np.concatenate([v.reshape(-1) for v in vals])

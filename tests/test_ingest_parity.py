@@ -25,6 +25,8 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from test_ingest_hostile import KEYS as HOSTILE_KEYS
 from test_ingest_hostile import _base_text, _mutate, _run
 
+from scfdata.h5io import ScfdataFile
+
 REPO = Path(__file__).resolve().parent.parent
 
 AIMS = {"info_keys": {"energy": "AIMS_energy", "dipole": "AIMS_dipole", "total_charge": "total_charge",
@@ -227,3 +229,25 @@ def test_frames_the_c_parser_refuses_still_ingest(tmp_path, capsys):
     src.write_text("".join(lines))
     rc, err = _both(capsys, tmp_path, src, {"info_keys": {"energy": "E"}}, "--on-error", "reject")
     assert rc == 0, err
+
+
+def test_block_checks_name_the_right_frame(tmp_path, capsys):
+    """Bad values in a few frames of a block of clusters of many sizes: the same frames rejected, for the
+    same reasons, as frame by frame (block-wise checks must not blame a neighbour)."""
+    lines = (REPO / "examples/data/water_clusters.extxyz").read_text().splitlines(keepends=True)
+    heads = [k for k, ln in enumerate(lines) if ln.strip().isdigit()]
+    lines[heads[3] + 1] = lines[heads[3] + 1].replace('REF_dipole="', 'REF_dipole="nan ', 1).replace(
+        'REF_dipole="nan -', 'REF_dipole="nan -', 1)
+    lines[heads[5] + 1] = lines[heads[5] + 1].replace("total_charge=0.0", "total_charge=0.5")
+    lines[heads[7] + 3] = " ".join(lines[heads[7] + 3].split()[:-1] + ["inf"]) + "\n"
+    lines[heads[9] + 1] = lines[heads[9] + 1].replace("energy=", "energy=T old=")
+    src = tmp_path / "bad_values.extxyz"
+    src.write_text("".join(lines))
+    keys = {"info_keys": {"energy": "energy", "dipole": "REF_dipole", "total_charge": "total_charge"},
+            "arrays_keys": {"forces": "forces", "charges": "REF_charges"}}
+    assert _both(capsys, tmp_path, src, keys, "--on-error", "reject")[0] == 0
+    with ScfdataFile(tmp_path / "bad_values.extxyz.auto.h5") as h:
+        rejects = {frame: reason for _, frame, reason in h.rejects()}
+    assert {3, 5, 7, 9} <= set(rejects), rejects
+    assert "REF_dipole" in rejects[3] and "total_charge" in rejects[5] and "forces" in rejects[7]
+    assert "booleans" in rejects[9]

@@ -25,7 +25,7 @@ import numpy as np
 #: Largest atom count a frame header may give (larger is a corrupt count line, not a frame).
 MAX_FRAME_ATOMS = 100_000_000
 #: Bytes read per chunk when framing (a frame larger than this doubles the chunk).
-CHUNK = 1 << 24
+CHUNK = 1 << 22
 
 _WHITESPACE = np.zeros(256, dtype=bool)
 _WHITESPACE[list(b" \t\n\r\v\f")] = True
@@ -42,7 +42,7 @@ COLUMN_NAMES = {"pos": "positions", "Z": "numbers", "charge": "charges", "specie
 SPECIAL_3_3_KEYS = ("Lattice", "virial", "stress")
 
 
-@dataclass
+@dataclass(slots=True)
 class Span:
     """One frame: index, first line (1-based), byte offset of its count line, end offset, atom count,
     comment line (bytes, without the line end)."""
@@ -90,8 +90,8 @@ def iter_spans(path: str | os.PathLike, offset: int = 0, line: int = 1, index: i
             cand = np.flatnonzero(_WHITESPACE[first] | (starts == ends))
             blank = [k for k in cand.tolist() if not buf[starts[k]:ends[k]].strip()]
             blank.append(len(ends) + 1)
-            starts_l, ends_l = starts.tolist(), ends.tolist()
-            n_lines, k, b = len(ends_l), 0, 0
+            starts_l, ends_l = starts.item, ends.item  # per frame a few lookups: no per-line Python objects
+            n_lines, k, b = len(ends), 0, 0
             while k < n_lines:
                 while blank[b] < k:
                     b += 1
@@ -99,20 +99,20 @@ def iter_spans(path: str | os.PathLike, offset: int = 0, line: int = 1, index: i
                     k += 1
                     line += 1
                     continue
-                head = buf[starts_l[k]:ends_l[k]].strip()
+                head = buf[starts_l(k):ends_l(k)].strip()
                 if not head.isdigit() or not 0 < int(head) <= MAX_FRAME_ATOMS:
-                    raise FramingError(pos + starts_l[k], line, index)
+                    raise FramingError(pos + starts_l(k), line, index)
                 nat = int(head)
                 last = k + nat + 1
                 if last >= n_lines:  # the frame goes on past this chunk
                     if eof:
-                        raise FramingError(pos + starts_l[k], line, index)
+                        raise FramingError(pos + starts_l(k), line, index)
                     break
                 inside = blank[b + 1] if blank[b] == k + 1 else blank[b]  # a blank comment line is allowed
                 if inside <= last:
-                    raise FramingError(pos + starts_l[k], line, index)
-                yield Span(index, line, pos + starts_l[k], pos + min(ends_l[last] + 1, len(buf)), nat,
-                           buf[starts_l[k + 1]:ends_l[k + 1]])
+                    raise FramingError(pos + starts_l(k), line, index)
+                yield Span(index, line, pos + starts_l(k), pos + min(ends_l(last) + 1, len(buf)), nat,
+                           buf[starts_l(k + 1):ends_l(k + 1)])
                 index += 1
                 line += nat + 2
                 k = last + 1
@@ -121,7 +121,7 @@ def iter_spans(path: str | os.PathLike, offset: int = 0, line: int = 1, index: i
             if k == 0:
                 chunk *= 2  # one frame larger than the chunk
             else:
-                pos += starts_l[k] if k < n_lines else ends_l[-1] + 1
+                pos += starts_l(k) if k < n_lines else ends_l(n_lines - 1) + 1
 
 
 class CParser:
@@ -204,7 +204,7 @@ def to_ase_conventions(nat: int, info: dict, arrays: dict, comment: bytes):
             if v.shape != (3, 3):
                 return None
             info[key] = v.ravel(order="F")  # 9 numbers as written (ASE keeps them flat)
-    renamed = {COLUMN_NAMES.get(k, k): v for k, v in arrays.items()}
+    renamed = {COLUMN_NAMES.get(k, k): v for k, v in arrays.items()} if "charge" in arrays else arrays
     if not renamed.keys().isdisjoint(info):
         return None
     return nat, symbols, positions, cell, pbc, info, renamed

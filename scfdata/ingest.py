@@ -191,17 +191,18 @@ def iter_frames(path: str | os.PathLike, start: int = 0, stop: int | None = None
     if is_extxyz(path, fmt):
         index, offset, line = seek if seek is not None and seek[0] <= start else (0, 0, 1)
         c = CParser(path) if parser != "ase" else None
+        last = MAX_FRAME_ATOMS * 1000 if stop is None else stop  # (more frames than any file has)
         try:
             for span, plain in iter_extxyz_spans(path, offset, line, index):
-                if stop is not None and span.index >= stop:
+                i = span.index
+                if i >= last:
                     return
-                if span.index < start:
+                if i < start:
                     continue
-                frame = c.read(span) if c is not None and plain else None
+                frame = c.read(span) if plain and c is not None else None
                 if frame is None:
-                    frame = _parse_extxyz_frame(path, span if getattr(span, "text", None) is not None
-                                                 else _read_text(path, span))
-                yield span.index, frame
+                    frame = _parse_extxyz_frame(path, span if not plain else _read_text(path, span))
+                yield i, frame
         finally:
             if c is not None:
                 c.close()
@@ -499,8 +500,8 @@ class _Run:
         kinds, fast_keys = [], []
         for frame_index, frame in items:
             if type(frame) is tuple and fast.usable:
-                keys = fast.keys_of(frame[5], frame[6])
-                if fast.add(frame, frame_index):
+                keys, weights = fast.keys_of(frame[5], frame[6])
+                if fast.add(frame, frame_index, weights):
                     fast_keys.append(keys)
                     kinds.append(("fast", len(fast) - 1))
                     continue

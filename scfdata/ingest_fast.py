@@ -92,15 +92,19 @@ class FastBlock:
     def __len__(self):
         return len(self.n)
 
-    def keys_of(self, info: dict, arrays: dict) -> frozenset:
+    def keys_of(self, info: dict, arrays: dict) -> tuple[frozenset, bool]:
+        """The keys ASE would show for a frame with these info and array keys, and whether weights are given."""
         sig = (tuple(info), tuple(arrays))
-        keys = self._keys_cache.get(sig)
-        if keys is None:
-            keys = self._keys_cache[sig] = frozenset(info) | frozenset(arrays) | {"numbers", "positions"}
-        return keys
+        got = self._keys_cache.get(sig)
+        if got is None:
+            keys = frozenset(info) | frozenset(arrays) | {"numbers", "positions"}
+            weights = any(k.startswith("config_") and k.endswith("_weight") for k in info)
+            got = self._keys_cache[sig] = (keys, weights)
+        return got
 
-    def add(self, frame, tag) -> bool:
-        """Take one frame (to_ase_conventions' tuple); False when it must go through the per-frame path."""
+    def add(self, frame, tag, weights: bool = True) -> bool:
+        """Take one frame (to_ase_conventions' tuple); False when it must go through the per-frame path.
+        ``weights``: whether the frame's info may hold config weights (keys_of says)."""
         nat, symbols, positions, cell, pbc, info, arrays = frame[:7]
         got = []
         for name, key, level, shape, size in self.keys:
@@ -136,7 +140,7 @@ class FastBlock:
                     return False
             got.append((name, v))
         w = {}
-        if "config_weight" in info or any(k.startswith("config_") and k.endswith("_weight") for k in info):
+        if weights:
             names = [name for name, _ in got if name != "atomic_dipoles"]
             if len(names) < len(got):
                 names.append("atomic_multipoles")

@@ -6,8 +6,8 @@ gives for the same frame text (names ``pos``/``Z``/``species``/``charge`` -> ``p
 ``symbols``/``charges``, ``Lattice`` -> the cell's rows, ``pbc`` default TTT with a Lattice else FFF,
 ``stress``/``virial``/``Lattice`` read as 9 numbers in Fortran order, ``stress`` then to Voigt 6). A frame
 the fast path cannot vouch for is handed back as ``None`` and goes through ASE: frames the C parser
-refuses, nested ``[[...]]`` values, integer tokens of 10+ digits (the C parser keeps 32-bit integers) or
-``-0`` (an integer zero to the C parser, -0.0 among floats to ASE),
+refuses, nested ``[[...]]`` values, used integer values where the comment line has integer tokens of 10+
+digits (the C parser keeps 32-bit integers), ``-0`` (an integer zero to the C parser, -0.0 among floats to ASE),
 ``Z`` or ``move_mask`` columns, integer or non-numeric columns and info values where numbers are used,
 keys present both per config and per atom. The C parser is never given a frame whose count line is not a
 plain positive number below MAX_FRAME_ATOMS (it crashes on 0 atoms).
@@ -30,9 +30,8 @@ CHUNK = 1 << 22
 _WHITESPACE = np.zeros(256, dtype=bool)
 _WHITESPACE[list(b" \t\n\r\v\f")] = True
 #: An integer token of 10 or more digits: beyond the C parser's 32-bit integers (it would wrap silently).
-#: Anything in a comment line that may need a closer look (one search per frame): nested arrays, 10 digits in
-#: a row, a minus zero.
-_SUSPECT = re.compile(rb"\[\[|\d{10}|-0+(?![\d.])")
+#: "-0" not followed by a digit or a point (a fast literal search before the exact token test below).
+_MINUS_ZERO_ANY = re.compile(rb"-0+(?![\d.])")
 #: An integer token -0: ASE reads it as -0.0 in a list of floats, the C parser as the integer 0.
 _MINUS_ZERO = re.compile(rb"""(?:^|[\s="',\[{])-0+(?=$|[\s"',\]}])""")
 _BIG_INT = re.compile(rb"""(?:^|[\s="',\[{])[+-]?\d{10,}(?=$|[\s"',\]}])""")
@@ -124,6 +123,12 @@ def iter_spans(path: str | os.PathLike, offset: int = 0, line: int = 1, index: i
                 pos += starts_l(k) if k < n_lines else ends_l(n_lines - 1) + 1
 
 
+def has_big_int(comment: bytes) -> bool:
+    """Whether a comment line holds an integer token of 10+ digits, which the C parser would have wrapped to
+    32 bits: asked only when an integer value from the comment line is used."""
+    return _BIG_INT.search(comment) is not None
+
+
 class CParser:
     """libextxyz's C reader on one open file: :meth:`read` parses the frame of a Span into ASE's
     conventions, or returns None when the frame must go through ASE (see the module docstring)."""
@@ -136,6 +141,11 @@ class CParser:
         self._pos = 0  # where the C reader stands (-1: unknown)
         if not self._fp:
             raise OSError(f"{path}: cannot be opened by the C parser")
+        if cextxyz._HAVE_C_READ and not cextxyz._USE_LEGACY_MARSHAL:  # the C-API reader, without its wrapper
+            grammar, fp, read = cextxyz._kv_grammar.value, self._fp.value, cextxyz._ext_mod.read_frame
+            self._read = lambda: read(grammar, fp, 1, None, 0)
+        else:
+            self._read = lambda: cextxyz.read_frame_dicts(self._fp, use_cleri=False)
 
     def close(self) -> None:
         if self._fp:
@@ -150,39 +160,38 @@ class CParser:
 
     def read(self, span: Span):
         """(n_atoms, symbols, positions, cell, pbc, info, arrays, span) in ASE's conventions, or None."""
-        c = self._c
         comment = span.comment
-        if _SUSPECT.search(comment) and (b"[[" in comment or _BIG_INT.search(comment) or _MINUS_ZERO.search(comment)):
+        if b"[[" in comment or (_MINUS_ZERO_ANY.search(comment) and _MINUS_ZERO.search(comment)):
             return None
         if self._pos != span.offset:
-            c.cfseek(self._fp, span.offset, 0)
+            self._c.cfseek(self._fp, span.offset, 0)
         self._pos = -1
         try:
-            nat, info, arrays = c.read_frame_dicts(self._fp, use_cleri=False)
+            nat, info, arrays = self._read()
         except Exception:  # the C parser refuses the frame: ASE gets its chance
             return None
-        self._pos = c.cftell(self._fp)
+        self._pos = self._c.cftell(self._fp)
         if nat != span.n_atoms or self._pos != span.end:
             return None
-        frame = to_ase_conventions(nat, info, arrays, span.comment)
-        return None if frame is None else (*frame, span)
+        return to_ase_conventions(nat, info, arrays, span)
 
 
-def to_ase_conventions(nat: int, info: dict, arrays: dict, comment: bytes):
-    """The C parser's dicts as ASE's reader leaves them (see the module docstring), or None."""
+def to_ase_conventions(nat: int, info: dict, arrays: dict, span: Span):
+    """The C parser's dicts as ASE's reader leaves them (see the module docstring), with the span, or None."""
     symbols = arrays.pop("species", None)
     positions = arrays.pop("pos", None)
     if (symbols is None or positions is None or "Z" in arrays or "move_mask" in arrays
             or symbols.shape != (nat,) or positions.shape != (nat, 3) or positions.dtype.kind != "f"):
         return None
     info.pop("Properties", None)
-    if not comment.strip():
+    if not span.comment.strip():
         info.pop("comment", None)
     lattice = info.pop("Lattice", None)
     pbc = info.pop("pbc", None)
     if lattice is None:
         cell = np.zeros((3, 3))
-    elif isinstance(lattice, np.ndarray) and lattice.shape == (3, 3) and lattice.dtype.kind in "if":
+    elif (isinstance(lattice, np.ndarray) and lattice.shape == (3, 3) and lattice.dtype.kind in "if"
+          and not (lattice.dtype.kind == "i" and has_big_int(span.comment))):
         cell = lattice.T.astype(np.float64)
     else:
         return None
@@ -207,4 +216,4 @@ def to_ase_conventions(nat: int, info: dict, arrays: dict, comment: bytes):
     renamed = {COLUMN_NAMES.get(k, k): v for k, v in arrays.items()} if "charge" in arrays else arrays
     if not renamed.keys().isdisjoint(info):
         return None
-    return nat, symbols, positions, cell, pbc, info, renamed
+    return nat, symbols, positions, cell, pbc, info, renamed, span

@@ -17,6 +17,7 @@ from ase.data import chemical_symbols
 
 from . import fields
 from .columns import Columns, ptr_from_counts
+from .extxyz_reader import has_big_int
 from .validate import FrameError, check_geometry, check_total_charge
 
 _Z = {s: z for z, s in enumerate(chemical_symbols)}
@@ -131,12 +132,17 @@ class FastBlock:
                 elif v.shape != (nat, *shape):
                     return False
             else:
-                if t is float or t is int:
+                if t is float:
                     if size != 1:
+                        return False
+                elif t is int:
+                    if size != 1 or has_big_int(frame[7].comment):
                         return False
                 elif t is not np.ndarray or v.dtype.kind not in "if" or v.ndim != 1:
                     return False
                 elif v.size != size and not (shape == (3, 3) and v.size == 6):
+                    return False
+                elif v.dtype.kind == "i" and has_big_int(frame[7].comment):
                     return False
             got.append((name, v))
         w = {}
@@ -150,6 +156,8 @@ class FastBlock:
                     continue
                 t = type(v)
                 if not (t is float or t is int or (t is np.ndarray and v.dtype.kind in "if" and v.ndim == 1)):
+                    return False
+                if (t is int or t is np.ndarray and v.dtype.kind == "i") and has_big_int(frame[7].comment):
                     return False
                 v = np.asarray(v, dtype=np.float64).reshape(-1)
                 if v.size != (3 if key == "config_dipole_weight" else 1):

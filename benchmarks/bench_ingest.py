@@ -7,7 +7,8 @@ RSS from resource.getrusage of the child):
   2. the C parser alone: `for frame in extxyz.iread_dicts(path): pass` (libextxyz, PyPI `extxyz`)
   3. `scfdata ingest` (default parser: the C path; parse + validate + write the contiguous HDF5)
   4. `scfdata ingest --parser ase` (every frame through ASE's reader)
-Reports the times and each one's speed-up over (1) (goal: scfdata ingest >= 3x), at N/5 and N configs,
+Reports wall and CPU (user + system) seconds and each one's speed-up over (1) (goal: scfdata ingest >= 3x;
+CPU time is the steadier figure on a shared machine), at N/5 and N configs,
 and the peak RSS of `scfdata ingest` at 20k and 200k configs with `--rss` (memory must not grow with N).
 
 Run: python benchmarks/bench_ingest.py [--n 50000] [--rss]
@@ -53,11 +54,13 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
 
 
 def run(*argv) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of one child process."""
+    """(wall seconds, CPU seconds user + system) of one child process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     subprocess.run([sys.executable, *map(str, argv)], check=True, capture_output=True, text=True)
     elapsed = time.perf_counter() - t
-    return elapsed, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return elapsed, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 def rss_of(*argv) -> float:
@@ -78,17 +81,19 @@ def main():
         d = Path(d)
         keys = d / "keys.yaml"
         keys.write_text(json.dumps(KEYS))
-        print(f"{'configs':>8} {'MiB':>6} {'iread s':>8} {'C parse s':>9} {'ingest s':>9} {'ingest ase s':>12}  "
-              "speed-up over iread: C parse / ingest / ingest ase")
+        print("wall s (CPU s) of each whole process; speed-up over the ase.io.iread process by wall (by CPU)")
+        print(f"{'configs':>8} {'MiB':>6} {'ase.io.iread':>14} {'C parser':>14} {'scfdata ingest':>15} "
+              f"{'ingest --parser ase':>20}  {'C parser':>15} {'scfdata ingest':>15} {'ingest ase':>15}")
         for n in (args.n // 5, args.n):
             src = d / f"w{n}.extxyz"
             generate(src, n)
-            t_ase = run("-c", PARSE_ASE, src)[0]
-            t_c = run("-c", PARSE_C, src)[0]
-            t_ing = run(*INGEST, src, "--keys", keys, "-o", d / f"w{n}.h5")[0]
-            t_ing_ase = run(*INGEST, src, "--keys", keys, "-o", d / f"w{n}-ase.h5", "--parser", "ase")[0]
-            print(f"{n:8d} {src.stat().st_size / 2**20:6.1f} {t_ase:8.2f} {t_c:9.2f} {t_ing:9.2f} {t_ing_ase:12.2f}  "
-                  f"{t_ase / t_c:.2f}x / {t_ase / t_ing:.2f}x / {t_ase / t_ing_ase:.2f}x", flush=True)
+            times = [run("-c", PARSE_ASE, src), run("-c", PARSE_C, src),
+                     run(*INGEST, src, "--keys", keys, "-o", d / f"w{n}.h5"),
+                     run(*INGEST, src, "--keys", keys, "-o", d / f"w{n}-ase.h5", "--parser", "ase")]
+            cells = [f"{w:.2f} ({c:.2f})" for w, c in times]
+            ratios = [f"{times[0][0] / w:.2f}x ({times[0][1] / c:.2f}x)" for w, c in times[1:]]
+            print(f"{n:8d} {src.stat().st_size / 2**20:6.1f} {cells[0]:>14} {cells[1]:>14} {cells[2]:>15} "
+                  f"{cells[3]:>20}  {ratios[0]:>15} {ratios[1]:>15} {ratios[2]:>15}", flush=True)
         if args.rss:
             for n in (20000, 200000):
                 src = d / f"r{n}.extxyz"

@@ -509,6 +509,13 @@ class _Run:
             kinds.append(("slow", frame_index))
             slow[frame_index] = frame
         ok, notes, renorm = fast.check() if len(fast) else (np.zeros(0, bool), [], None)
+        if not slow and len(fast) and self._all_clear(ok, notes, fast.widths):  # the common block: every frame written
+            for keys in {id(k): k for k in fast_keys}.values():
+                self.result.keys_seen |= keys
+            self.result.n_read += len(items)
+            rows = np.arange(len(fast))
+            self._emit(fast, rows, np.array([(file_index, i) for i, _ in items], dtype=np.int64), renorm, [])
+            return
         for k, (kind, ref) in enumerate(kinds):
             if kind == "fast" and not ok[ref]:  # the per-frame path names the reason
                 frame_index = items[k][0]
@@ -567,15 +574,34 @@ class _Run:
                           and ("atomic_multipoles" in frame.values or "charges" in frame.values))
         if not order:
             return
-        rows = np.array(fast_rows, dtype=np.int64)
+        self._emit(fast, np.array(fast_rows, dtype=np.int64), np.array(fast_src, dtype=np.int64).reshape(-1, 2),
+                   renorm, order, builder, slow_shifts, slow_q)
+
+    def _all_clear(self, ok: np.ndarray, notes: list, widths: np.ndarray) -> bool:
+        """Whether every frame of a C-parsed block passed, without notes, with the dataset's multipole width
+        (fixed here by the first frame that has multipoles when it is not known yet)."""
+        if not ok.all() or any(notes):
+            return False
+        have = widths[widths >= 0]
+        if not len(have):
+            return True
+        width = self.width if self.width is not None else int(have[0])
+        if (have != width).any():
+            return False
+        self.width = width
+        return True
+
+    def _emit(self, fast, rows, sources, renorm, order, builder=None, slow_shifts=(), slow_q=()) -> None:
+        """Columns of the written frames of a block (fast rows, then the builder's, put back in input order
+        by ``order``: fast row positions >= 0, builder positions as -1 - k), counted and queued for writing."""
         parts, shifts, has_q = [], [], []
-        if fast_rows:
+        if len(rows):
             for name, count in fast.coverage(rows).items():
                 self.result.coverage[name] += count
-            parts.append(fast.build(rows, self.width, np.array(fast_src)))
+            parts.append(fast.build(rows, self.width, sources))
             shifts.append(np.zeros(len(rows)) if renorm is None else renorm[rows])
             has_q.append(fast.has_charges(rows))
-        if len(builder):
+        if builder is not None and len(builder):
             builder.columns_k = self.width
             parts.append(builder.build())
             shifts.append(np.array(slow_shifts, dtype=np.float64))
@@ -585,7 +611,7 @@ class _Run:
             cols.configs["charge_renormalisation"] = np.concatenate(shifts)
             cols.masks["charge_renormalisation"] = np.concatenate(has_q)
         if len(parts) == 2:  # back to input order
-            n_fast = len(fast_rows)
+            n_fast = len(rows)
             cols = cols.select(np.array([i if i >= 0 else n_fast - i - 1 for i in order], dtype=np.int64))
         self.pending.append(cols)
         self.result.n_written += cols.n_configs

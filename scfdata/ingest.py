@@ -501,7 +501,7 @@ class _Run:
         for frame_index, frame in items:
             if type(frame) is tuple and fast.usable:
                 keys, weights = fast.keys_of(frame[5], frame[6])
-                if fast.add(frame, frame_index, weights):
+                if fast.add(frame, weights):
                     fast_keys.append(keys)
                     kinds.append(("fast", len(fast) - 1))
                     continue

@@ -81,14 +81,14 @@ class FastBlock:
         self.weight_keys["atomic_multipoles"] = "config_atomic_multipoles_weight"
         self.usable = not any(key in _BUILT for _, key, _, _, _ in self.keys)
         self._keys_cache: dict = {}
+        self._plain_types: set = set()  # config_type texts ASE keeps as they are
         self.clear()
 
     def clear(self) -> None:
         self.n, self.symbols, self.positions, self.cells, self.pbcs = [], [], [], [], []
-        self.values = {name: [] for name, _, _, _, _ in self.keys}  # (row, value) per present name
+        self.values = {name: ([], []) for name, _, _, _, _ in self.keys}  # (rows, values) per present name
         self.weights, self.config_types = [], []
         self.any_weights = False
-        self.tags: list = []
 
     def __len__(self):
         return len(self.n)
@@ -103,7 +103,7 @@ class FastBlock:
             got = self._keys_cache[sig] = (keys, weights)
         return got
 
-    def add(self, frame, tag, weights: bool = True) -> bool:
+    def add(self, frame, weights: bool = True) -> bool:
         """Take one frame (to_ase_conventions' tuple); False when it must go through the per-frame path.
         ``weights``: whether the frame's info may hold config weights (keys_of says)."""
         nat, symbols, positions, cell, pbc, info, arrays = frame[:7]
@@ -164,11 +164,15 @@ class FastBlock:
                     return False
                 w[key] = v
         ct = info.get("config_type", "Default")
-        if type(ct) is not str or not _PLAIN_TEXT.fullmatch(ct) or ct.lower() in _NOT_TEXT or ct in "TF":
-            return False
+        if ct not in self._plain_types:
+            if type(ct) is not str or not _PLAIN_TEXT.fullmatch(ct) or ct.lower() in _NOT_TEXT or ct in ("T", "F"):
+                return False
+            self._plain_types.add(ct)
         row = len(self.n)
         for name, v in got:
-            self.values[name].append((row, v))
+            rows, vals = self.values[name]
+            rows.append(row)
+            vals.append(v)
         self.n.append(nat)
         self.symbols.append(symbols)
         self.positions.append(positions)
@@ -177,7 +181,6 @@ class FastBlock:
         self.weights.append(w)
         self.any_weights = self.any_weights or bool(w)
         self.config_types.append(ct)
-        self.tags.append(tag)
         return True
 
     def check(self):
@@ -221,14 +224,14 @@ class FastBlock:
                         ok[r] = False
         return ok, notes, renorm
 
-    def _column(self, items: list, ok: np.ndarray, atom_level: bool):
+    def _column(self, items: tuple, ok: np.ndarray, atom_level: bool):
         """(present (m,), rows, values per row, all values concatenated or None) of one name; rows with a
         NaN or infinite value are marked not ok."""
         m = len(ok)
-        rows = np.fromiter((r for r, _ in items), dtype=np.int64, count=len(items))
+        rows = np.array(items[0], dtype=np.int64)
         present = np.zeros(m, dtype=bool)
         present[rows] = True
-        vals = [v for _, v in items]
+        vals = items[1]
         if not vals:
             return present, rows, vals, None
         if all(type(v) is not np.ndarray for v in vals):

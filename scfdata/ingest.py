@@ -16,6 +16,7 @@ switched-off target is never a zero target and never dilutes a mean.
 from __future__ import annotations
 
 import difflib
+import gc
 import hashlib
 import io
 import logging
@@ -447,6 +448,20 @@ def ingest(
     opts = options or ValidationOptions()
     names = stored_names(mapping)
     run = _Run(writer, names, mapping, opts, on_error, multipole_width)
+    collecting = gc.isenabled()
+    gc.disable()  # per-frame dicts and arrays hold no cycles: refcounting frees them (3% of the run otherwise)
+    try:
+        _ingest_ranges(run, inputs, fmt, parser, block_size, progress)
+    finally:
+        if collecting:
+            gc.enable()
+    run.flush(final=True)
+    writer.add_rejects(run.result.rejects)
+    run.result.reconcile()
+    return run.result
+
+
+def _ingest_ranges(run: _Run, inputs: list[tuple], fmt, parser: str, block_size: int, progress) -> None:
     for file_index, path, start, stop, *seek in inputs:
         frames = iter_frames(path, start, stop, fmt, parser, seek[0] if seek else None)
         n_range, failure = 0, None
@@ -472,10 +487,6 @@ def ingest(
                 f"{path}: the index counted frames {start}..{stop - 1} ({stop - start}) but ingest read {n_range} "
                 "there: the file changed since `scfdata index`; rerun the workflow (the index is rebuilt)"
             )
-    run.flush(final=True)
-    writer.add_rejects(run.result.rejects)
-    run.result.reconcile()
-    return run.result
 
 
 class _Run:

@@ -6,11 +6,14 @@ import os
 import re
 from pathlib import Path
 
-import ase.io
 import numpy as np
-from ase.io.extxyz import REV_PROPERTY_NAME_MAP, key_val_str_to_dict
 
-from .ingest import IngestError, check_input_file, is_extxyz, keys_of, scan_extxyz
+from .extxyz_reader import COLUMN_NAMES
+from .ingest import IngestError, check_input_file, is_extxyz, iter_extxyz_spans, keys_of, scan_extxyz
+
+#: Frames between the index's checkpoints (frame, byte offset, line): a shard job frames at most this many
+#: frames (without parsing them) after seeking to the checkpoint before its first frame.
+CHECKPOINT_EVERY = 1024
 
 
 def count_frames(path: str | os.PathLike, fmt: str | None = None) -> int:
@@ -43,6 +46,8 @@ def _header_keys(comment: bytes) -> tuple[set[str], dict[str, int]]:
     line = comment.decode("utf-8", errors="replace").strip()
     info = _comment_keys(line)
     if info is None:
+        from ase.io.extxyz import key_val_str_to_dict
+
         try:
             info = key_val_str_to_dict(line)
         except Exception:  # not key=value text: a plain xyz comment (ase keeps it as `comment`)
@@ -54,19 +59,21 @@ def _header_keys(comment: bytes) -> tuple[set[str], dict[str, int]]:
             widths[props[k]] = int(props[k + 2])
         except ValueError:
             continue
-    for raw, name in REV_PROPERTY_NAME_MAP.items():
+    for raw, name in COLUMN_NAMES.items():
         if raw in widths:
             widths[name] = widths[raw]
     info.pop("Lattice", None)
     return set(info) | set(widths), widths
 
 
-def scan_input(path: str | os.PathLike, fmt: str | None = None) -> dict:
+def scan_input(path: str | os.PathLike, fmt: str | None = None, parser: str = "auto") -> dict:
     """Frame count, the keys found in the frames, and the column count of each per-atom key.
 
     extxyz: from the comment lines and ``Properties=`` (no frame parsed); other formats: every frame read
     by ase.io.iread. Returns ``{"n_frames", "keys": sorted list, "columns": {key: {width: n_frames}},
-    "first_frames": {key: {width: first frame with that width}}}``.
+    "first_frames": {key: {width: first frame with that width}}, "checkpoints": [[frame, byte offset, line],
+    ...] (extxyz: every CHECKPOINT_EVERY frames)}``. ``parser``: ``ase`` frames extxyz line by line,
+    otherwise by the chunked framing (the same frames, errors and keys).
     """
     path = Path(path)
     check_input_file(path)
@@ -82,11 +89,17 @@ def scan_input(path: str | os.PathLike, fmt: str | None = None) -> dict:
             per[str(w)] = per.get(str(w), 0) + 1
             first.setdefault(key, {}).setdefault(str(w), frame)
 
+    checkpoints = []
     if is_extxyz(path, fmt):
-        for frame in scan_extxyz(path):
+        frames = scan_extxyz(path) if parser == "ase" else (f for f, _ in iter_extxyz_spans(path))
+        for frame in frames:
+            if frame.index % CHECKPOINT_EVERY == 0:
+                checkpoints.append([frame.index, frame.offset, frame.line])
             add(frame.index, *_header_keys(frame.comment))
             n += 1
     else:
+        import ase.io
+
         try:
             for n, atoms in enumerate(ase.io.iread(str(path), index=":", format=fmt), start=1):
                 add(n - 1, keys_of(atoms), {k: int(np.prod(v.shape[1:], dtype=int))
@@ -94,7 +107,8 @@ def scan_input(path: str | os.PathLike, fmt: str | None = None) -> dict:
         except Exception as e:
             raise IngestError(f"{path}: cannot be read by ase.io.iread at frame {n} "
                               f"({type(e).__name__}: {e})") from None
-    return {"n_frames": n, "keys": sorted(keys), "columns": columns, "first_frames": first}
+    return {"n_frames": n, "keys": sorted(keys), "columns": columns, "first_frames": first,
+            "checkpoints": checkpoints}
 
 
 #: Most shards a dataset can be cut into (each is one job per shard-level rule).

@@ -6,10 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from ase.stress import voigt_6_to_full_3x3_stress
-from scipy.spatial import cKDTree
-
-from .reference.molecules import periodic_heights, periodic_pairs
 
 
 class FrameError(ValueError):
@@ -81,6 +77,8 @@ def as_config_value(name: str, key: str, value, shape: tuple) -> np.ndarray:
     arr = _numeric(name, key, value, "numbers")
     size = int(np.prod(shape)) if shape else 1
     if shape == (3, 3) and arr.size == 6:
+        from ase.stress import voigt_6_to_full_3x3_stress
+
         arr = voigt_6_to_full_3x3_stress(arr.reshape(6))
     elif arr.size != size:
         expect = "6 (Voigt) or 9 numbers" if shape == (3, 3) else f"{size} number{'s' * (size > 1)}"
@@ -149,6 +147,8 @@ def check_geometry(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, opt
                 "almost always a cluster with the wrong pbc flag; set pbc=F F F, or raise "
                 "`max_volume_per_atom` (null switches the check off)"
             )
+        from .reference.molecules import periodic_heights  # (imports scipy: periodic configs only)
+
         heights = periodic_heights(cell, pbc)
         if heights.min() < opts.min_cell_height:
             raise FrameError(
@@ -177,10 +177,14 @@ def _closest_pair(positions, cell, pbc, cutoff):
         i, j = np.unravel_index(np.argmin(d), d.shape)
         return float(d[i, j]), (int(min(i, j)), int(max(i, j)))
     if not pbc.any():
+        from scipy.spatial import cKDTree  # (clusters above 256 atoms only: scipy stays out of start-up)
+
         pairs = cKDTree(positions).query_pairs(cutoff, output_type="ndarray")
         i, j = pairs[:, 0], pairs[:, 1]
         d = np.linalg.norm(positions[j] - positions[i], axis=1)
     else:
+        from .reference.molecules import periodic_pairs
+
         try:
             i, j, _, d = periodic_pairs(positions, cell, pbc, cutoff)
         except ValueError as e:

@@ -155,3 +155,46 @@ def test_workflow_key_typo_stops_at_index_before_any_ingest(tmp_path):
     assert "energy -> 'DFT_enrgy' is in no frame" in log and "Keys present in the frames:" in log
     assert not list((tmp_path / "results").rglob("base.h5"))
     assert not (tmp_path / "results" / "w" / "index.json").exists()
+
+
+def test_shard_jobs_seek_to_the_index_checkpoints(tmp_path, monkeypatch):
+    """The index records (frame, byte offset, line) every CHECKPOINT_EVERY frames; a shard job starts at the
+    checkpoint before its first frame: it reads the same configs as one whole-file ingest, and frames before
+    its checkpoint are never read (here: overwritten with junk of the same length after indexing)."""
+    from scfdata import shards
+
+    monkeypatch.setattr(shards, "CHECKPOINT_EVERY", 8)
+    frames = [Atoms("OHH", positions=[[0, 0, 0.1 * k], [0.96, 0, 0], [-0.24, 0.93, 0]], info={"E": -float(k)})
+              for k in range(50)]
+    buf = io.StringIO()
+    ase.io.write(buf, frames, format="extxyz")
+    text = buf.getvalue().replace("\n3\n", "\n\n  \n3\n", 5)  # blank lines between some frames
+    src = tmp_path / "w.xyz"
+    src.write_text(text)
+    settings = {"keys": {"info_keys": {"energy": "E"}}}
+    index = tmp_path / "index.json"
+    assert main(["index", str(src), "--shards", "3", "--settings", json.dumps(settings), "-o", str(index)]) == 0
+    entry = json.loads(index.read_text())["inputs"][0]
+    lines = text.splitlines(keepends=True)
+    raw = src.read_bytes()
+    assert [c[0] for c in entry["checkpoints"]] == list(range(0, 50, 8))
+    for frame, offset, line in entry["checkpoints"]:  # the count line of that frame, by byte and by line
+        assert raw[offset:].split(b"\n", 1)[0] == b"3" and lines[line - 1] == "3\n"
+        assert f"E={-float(frame)}" in lines[line]
+    energies = []
+    for s in range(3):
+        h5 = tmp_path / f"s{s}.h5"
+        assert main(["ingest", "--index", str(index), "--shard", str(s), "-o", str(h5),
+                     "--settings", json.dumps(settings)]) == 0
+        with ScfdataFile(h5) as f:
+            energies += f.raw("configs", "energy").tolist()
+    assert energies == [-float(k) for k in range(50)]
+    last = json.loads(index.read_text())["shards"][2][0][1]  # first frame of the last shard
+    seek = max(c[1] for c in entry["checkpoints"] if c[0] <= last)
+    src.write_bytes(b"x" * seek + raw[seek:])  # everything before that checkpoint is now junk
+    assert main(["ingest", "--index", str(index), "--shard", "2", "-o", str(tmp_path / "again.h5"),
+                 "--settings", json.dumps(settings)]) == 0
+    with ScfdataFile(tmp_path / "again.h5") as f:
+        assert f.raw("configs", "energy").tolist() == [-float(k) for k in range(last, 50)]
+    assert main(["ingest", "--index", str(index), "--shard", "0", "-o", str(tmp_path / "first.h5"),
+                 "--settings", json.dumps(settings)]) == 1

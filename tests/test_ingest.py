@@ -208,3 +208,46 @@ def test_keys_from_mace_scf_config(tmp_path):
     assert m.arrays_keys == {"forces": "AIMS_forces", "atomic_multipoles": "AIMS_atom_multipoles"}
     with pytest.raises(ValueError, match="did you mean 'energy'"):
         KeyMapping.from_dict({"info_keys": {"enrgy": "x"}})
+
+
+@pytest.mark.parametrize("parser", ["auto", "ase"])
+def test_charge_renormalisation_field(tmp_path, monkeypatch, parser):
+    """Contract E: with renormalise_charges, /configs/charge_renormalisation = total_charge - sum q before the
+    shift (0.0 where not shifted), masked where a config lacks charges or total_charge; absent otherwise."""
+    import h5py
+
+    from scfdata import fields
+
+    monkeypatch.setitem(fields.FIELDS, "charge_renormalisation", fields.Field(
+        "charge_renormalisation", "config", (), "float64", "e", "total_charge - sum of the input charges, "
+        "removed by renormalise_charges (0: not shifted)", derived=True, target=False))
+    q = [np.array([-0.8, 0.4, 0.4]), np.array([-0.5, 0.4, 0.4]), np.array([-0.8, 0.4, 0.1]), None]
+    frames = []
+    for k, charges in enumerate(q):
+        a = water(shift=(0, 0, 5.0 * k))
+        if charges is not None:
+            a.arrays["q"] = charges
+        if k != 2:
+            a.info["Q"] = 0.0
+        frames.append(a)
+    path = tmp_path / "in.extxyz"
+    ase.io.write(path, frames, format="extxyz")
+    keys = KeyMapping.from_dict({"info_keys": {"total_charge": "Q"}, "arrays_keys": {"charges": "q"}})
+    for renormalise in (True, False):
+        out = tmp_path / f"{parser}-{renormalise}.h5"
+        w = StreamWriter(out)
+        ingest(w, [(0, path, 0, None)], keys, options=ValidationOptions(renormalise_charges=renormalise),
+               parser=parser, on_error="reject")
+        w.close()
+        with h5py.File(out, "r") as h:
+            if not renormalise:
+                assert "charge_renormalisation" not in h["configs"]
+                continue
+            shift = h["configs/charge_renormalisation"][()]
+            mask = h["masks/charge_renormalisation"][()]
+            charges = h["atoms/charges"][()].reshape(4, 3)
+            assert h["configs/charge_renormalisation"].attrs["unit"] == "e"
+    assert shift.tolist() == pytest.approx([0.0, -0.3, 0.0, 0.0], abs=1e-15)
+    assert mask.tolist() == [True, True, False, False]
+    assert charges[1].sum() == pytest.approx(0.0, abs=1e-15)
+    assert charges[1] - q[1] == pytest.approx(np.full(3, -0.1), abs=1e-15)

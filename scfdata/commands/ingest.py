@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from ..h5io import StreamWriter
-from ..ingest import IngestError, check_input_file, check_keys_found, ingest, sha256
+from ..ingest import PARSERS, IngestError, check_input_file, check_keys_found, ingest, is_extxyz, sha256
 from ..keys import KeyMapping, load_yaml, mapping_for_dataset
 from ..provenance import versions
 from ..shards import plan_shards, scan_input
@@ -30,6 +30,10 @@ from . import json_file, json_option
 log = logging.getLogger("scfdata.ingest")
 
 
+_PARSER_HELP = ("extxyz parser: auto/extxyz (libextxyz's C parser; frames it cannot vouch for go through ASE) or "
+                "ase (ASE's reader for every frame); both store the same values")
+
+
 def register(sub) -> None:
     p = sub.add_parser("index", help="count the frames of the inputs and plan the shards (workflow step)")
     p.add_argument("inputs", nargs="+")
@@ -37,6 +41,7 @@ def register(sub) -> None:
     p.add_argument("--format", default=None, help="ase.io format (default: from the file name)")
     p.add_argument("--settings", help="JSON: the dataset block given to `scfdata ingest` (its key mapping is "
                    "checked against the frame headers)")
+    p.add_argument("--parser", choices=PARSERS, default="auto", help=_PARSER_HELP)
     p.add_argument("-o", "--output", required=True, help="index JSON")
     p.set_defaults(func=run_index)
 
@@ -52,6 +57,7 @@ def register(sub) -> None:
     p.add_argument("--on-error", choices=["reject", "raise"], default=None,
                    help="reject bad configs with a reason (default in the workflow) or stop (default here)")
     p.add_argument("--format", default=None, help="ase.io format (default: from the file name)")
+    p.add_argument("--parser", choices=PARSERS, default="auto", help=_PARSER_HELP)
     p.set_defaults(func=run_ingest)
 
 
@@ -62,15 +68,18 @@ _FORMAT_FIX = ("give the format: `--format NAME` on the command line, or `format
 
 def check_readable(path: str | Path, fmt: str | None) -> None:
     """Refuse an empty file and a format ase.io cannot read (unknown name or file type), naming the file.
-    A missing file is left to the reader (which names it)."""
-    from ase.io.formats import UnknownFileTypeError, filetype, get_ioformat
-
+    A missing file is left to the reader (which names it). extxyz is read by scfdata's own framing (ase.io is
+    not imported for it)."""
     path = Path(path)
     if not os.path.lexists(path):
         return
     check_input_file(path)
     if path.stat().st_size == 0:
         raise IngestError(f"no frames in {path}: the file is empty; remove it from the inputs or regenerate it")
+    if is_extxyz(path, fmt):
+        return
+    from ase.io.formats import UnknownFileTypeError, filetype, get_ioformat
+
     try:
         name = fmt or filetype(str(path), read=True)
     except UnknownFileTypeError as e:
@@ -159,7 +168,7 @@ def run_index(args) -> int:
         check_readable(p, args.format)
     inputs = []
     for p in args.inputs:
-        scan = scan_input(p, args.format)
+        scan = scan_input(p, args.format, parser=args.parser)
         if scan["n_frames"] == 0:
             raise IngestError(f"no frames in {p}: 0 frames counted (format "
                               f"{args.format or 'from the file name'}); remove it from the inputs, regenerate "
@@ -261,6 +270,15 @@ def _multipole_width(index: dict, mapping: KeyMapping) -> tuple[int, str] | None
     return None
 
 
+def _seek(entry: dict, start: int) -> tuple[int, int, int] | None:
+    """(frame, byte offset, line) of the index's last checkpoint at or before frame ``start`` of one input."""
+    best = None
+    for frame, offset, line in entry.get("checkpoints", []):
+        if frame <= start and (best is None or frame > best[0]):
+            best = (frame, offset, line)
+    return best
+
+
 def run_ingest(args) -> int:
     settings, mapping = _settings_mapping(args)
     if mapping is None:
@@ -272,7 +290,7 @@ def run_ingest(args) -> int:
         if args.shard is None or not 0 <= args.shard < len(index["shards"]):
             raise ValueError(f"--shard must be in 0..{len(index['shards']) - 1}, got {args.shard}")
         inputs = index["inputs"]
-        ranges = [(f, inputs[f]["path"], a, b) for f, a, b in index["shards"][args.shard]]
+        ranges = [(f, inputs[f]["path"], a, b, _seek(inputs[f], a)) for f, a, b in index["shards"][args.shard]]
         fmt = index.get("format")
         check_paths([i["path"] for i in inputs], args.output)
         width = _multipole_width(index, mapping)
@@ -307,7 +325,7 @@ def run_ingest(args) -> int:
 
     try:
         result = ingest(writer, ranges, mapping, on_error=on_error, options=options, fmt=fmt,
-                        progress=progress, multipole_width=width)
+                        progress=progress, multipole_width=width, parser=args.parser)
         if args.index is None and result.keys_seen:  # (no frame parsed: the rejects say why)
             check_keys_found(result.coverage, result.keys_seen, mapping, where=", ".join(args.inputs))
     except BaseException:

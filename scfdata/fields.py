@@ -80,6 +80,9 @@ FIELDS: dict[str, Field] = {
         _f("molecule_formula", "molecule", (), "", "Hill formula of the molecule", dtype="str",
            derived=True, target=False),
         _f("cluster_virial", "config", (), "eV", "sum_M R_M . F_M over the molecules", derived=True),
+        _f("charge_renormalisation", "config", (), "e",
+           "total_charge minus the sum of the input charges, removed by renormalise_charges (0: not shifted)",
+           derived=True, target=False),
     ]
 }
 

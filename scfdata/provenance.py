@@ -5,7 +5,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 def versions() -> dict[str, str]:
     out = {}
-    for pkg in ("scfdata", "ase", "numpy", "scipy", "h5py", "torch"):
+    for pkg in ("scfdata", "ase", "extxyz", "numpy", "scipy", "h5py", "torch"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:

@@ -1,5 +1,5 @@
 """`scfdata quality-shard` (one base shard -> its sketch .npz) and `scfdata quality` (the dataset's sketches
--> results/<ds>/quality.npz and flags.tsv, written together). The computation is scfdata/quality.py."""
+-> results/<ds>/quality.npz and flags.tsv, written together). The computation is scfdata/quality/."""
 
 from __future__ import annotations
 

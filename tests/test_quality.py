@@ -1,4 +1,4 @@
-"""Quality flags (scfdata/quality.py, `scfdata quality-shard` + `scfdata quality`) on generated datasets
+"""Quality flags (scfdata/quality/, `scfdata quality-shard` + `scfdata quality`) on generated datasets
 written as real base shards: injected duplicates (within and across shards and files, on rounding
 boundaries), near duplicates, energy and force outliers, dipole disagreements and renormalised charges are
 all flagged, and clean configs are not; the fast search agrees with a brute-force comparison of all pairs."""

@@ -1,5 +1,5 @@
 # quality: flags of every dataset (duplicates, outliers, renormalised charges, dipole disagreements; see
-# scfdata/quality.py): a small sketch per base shard, merged per dataset into results/<ds>/quality.npz and
+# scfdata/quality/): a small sketch per base shard, merged per dataset into results/<ds>/quality.npz and
 # results/<ds>/flags.tsv (written together). `quality: {enabled: false}` skips the sketches: all flags 0.
 
 

@@ -14,6 +14,7 @@ from scfdata import fields, quality
 from scfdata.cli import main
 from scfdata.columns import Columns
 from scfdata.h5io import write_columns
+from scfdata.quality import keys as quality_keys
 
 E0 = {1: -13.6, 6: -1029.0, 8: -2041.0}
 
@@ -188,9 +189,9 @@ def test_rounding_boundary_duplicates(tmp_path):
         c = base[i]
         n = len(c["numbers"])
         ptr = np.array([0, n])
-        a = quality._directions(np.arange(n), 0)
+        a = quality_keys._directions(np.arange(n), 0)
         abar = a.mean(axis=0)
-        f = quality._features(c["positions"], ptr, [0], False)[0, 0]
+        f = quality_keys._features(c["positions"], ptr, [0], False)[0, 0]
         h = 2 * quality.EXACT_TOLERANCE
         target = (np.floor(f / h) + 1) * h - 2e-8
         orig = {**c, "positions": c["positions"] + abar / (abar @ abar) * (target - f), "source": (0, 100 + i)}
@@ -201,10 +202,10 @@ def test_rounding_boundary_duplicates(tmp_path):
         c = base[4 + i]
         n = len(c["numbers"])
         ptr = np.array([0, n])
-        a1 = quality._directions(np.arange(n), 1)
+        a1 = quality_keys._directions(np.arange(n), 1)
         w = a1 - a1.mean(axis=0)
         gain = (w * a1).sum() / n
-        g = quality._features(c["positions"], ptr, [1], True)[0, 0]
+        g = quality_keys._features(c["positions"], ptr, [1], True)[0, 0]
         size = 0.01 * (1 + 1e-6) + 1e-12
         shifted = c["positions"] + w * (((np.floor(g / size) + 1) * size - 1e-5 - g) / gain)
         near_o = {**c, "positions": shifted, "source": (0, 300 + i)}

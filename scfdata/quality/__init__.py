@@ -39,8 +39,6 @@ for charged clusters). Masked or absent targets never flag.
 from .duplicates import PAIR_ATOMS, candidate_pairs, first_of_content, pair_deviations, resolve_duplicates
 from .energy import energy_residuals, energy_sums, fit_e0
 from .flags import flag_dataset
-from .keys import _directions as _directions  # private to keys; bound here for tests/test_quality.py
-from .keys import _features as _features  # (they check the keys' geometric bound against these two)
 from .keys import composition_keys, content_keys, exact_keys, near_keys
 from .robust import (
     LOG_F_MAX,

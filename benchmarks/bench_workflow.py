@@ -8,10 +8,10 @@ otherwise) with a fixed number of configs per shard, and reports:
 - configs per second per core: N / (wall time x cores), the wall time of the whole `snakemake` process
   (start-up, DAG, every job) on --cores cores; and N / CPU-seconds of the whole run (Snakemake and every
   job), which other work on the machine does not inflate;
-- per rule, from the rules' `benchmark:` files: jobs, CPU-seconds summed over the jobs, and the peak
-  RSS of one job (MB, the largest over the rule's jobs); with a fixed shard size the shard-level jobs
+- per rule, from the rules' `benchmark:` files: jobs, CPU-seconds and wall-seconds summed over the jobs,
+  and the peak RSS of one job (MB, the largest over the rule's jobs); with a fixed shard size the shard-level jobs
   (ingest, derive_*, statistics_shard) must not grow with N. Jobs shorter than Snakemake's sampling
-  interval report too small a max_rss and cpu_time;
+  interval report too small a max_rss and cpu_time (or none);
 - the CPU-seconds inside jobs against wall x cores (the rest: Snakemake itself and idle cores);
 - with --quality on off: the same workflow with quality flags on and off, and the difference (the cost
   of flagging per config). `off` writes `quality: {enabled: false}` into the config; `on` leaves the
@@ -155,7 +155,7 @@ def _table(head: list[str], rows: list[list[str]]) -> None:
 
 
 def _cell(u: dict | None) -> str:
-    return "-" if u is None else f"{u['jobs']:.0f} {u['cpu_s']:.1f} / {u['max_rss']:.0f}"
+    return "-" if u is None else f"{u['jobs']:.0f} {u['cpu_s']:.1f} {u['wall_s']:.1f} / {u['max_rss']:.0f}"
 
 
 def report(runs: dict, cores: int) -> None:
@@ -174,7 +174,8 @@ def report(runs: dict, cores: int) -> None:
 
     names = [f"N={n} {q}" for n, q in runs]
     rules = sorted({rule for r in runs.values() for rule in r["usage"]})
-    print("\nper rule: jobs, CPU-s summed over the jobs / peak RSS of one job (MB)")
+    print("\nper rule: jobs, CPU-s and wall-s summed over the jobs / peak RSS of one job (MB); the CPU-s of jobs "
+          "shorter than\nSnakemake's first sample are missing (their wall-s are exact, but include waiting for a core)")
     rows = [[rule] + [_cell(r["usage"].get(rule)) for r in runs.values()] for rule in rules]
     _table(["rule"] + names, rows)
 

@@ -1,23 +1,37 @@
-"""Workflow scaling: peak memory per job and wall time vs cores, on generated water clusters.
+"""The whole workflow on generated water clusters: configs per second per core, CPU-seconds and peak memory per
+rule, with quality flags on or off.
 
-For each dataset size N the script writes N water clusters (1-8 TIP3P-like molecules, energies,
-forces, charges) as extxyz, runs the real workflow (`snakemake`) with a fixed number of configs per
-shard, and reads the peak RSS (max_rss, MB) of every job from the rules' `benchmark:` files. With a
-fixed shard size the shard-level jobs (ingest, derive_*, statistics_shard) must not grow with N.
-It then reruns the largest size with --cores 1, to compare with --cores 2 (shards run in parallel).
-Jobs shorter than Snakemake's 1-s sampling interval report a too-small max_rss.
+For each dataset size N the script writes N water clusters (1-8 TIP3P-like molecules, energies, forces,
+charges) as extxyz, runs the real workflow (`snakemake`, every derived target unless --targets says
+otherwise) with a fixed number of configs per shard, and reports:
+
+- configs per second per core: N / (wall time x cores), the wall time of the whole `snakemake` process
+  (start-up, DAG, every job) on --cores cores; and N / CPU-seconds of the whole run (Snakemake and every
+  job), which other work on the machine does not inflate;
+- per rule, from the rules' `benchmark:` files: jobs, CPU-seconds and wall-seconds summed over the jobs,
+  and the peak RSS of one job (MB, the largest over the rule's jobs); with a fixed shard size the shard-level jobs
+  (ingest, derive_*, statistics_shard) must not grow with N. Jobs shorter than Snakemake's sampling
+  interval report too small a max_rss and cpu_time (or none);
+- the CPU-seconds inside jobs against wall x cores (the rest: Snakemake itself and idle cores);
+- with --quality on off: the same workflow with quality flags on and off, and the difference (the cost
+  of flagging per config). `off` writes `quality: {enabled: false}` into the config; `on` leaves the
+  quality block at its defaults (checkouts without `quality.enabled` in the config schema run `on` only);
+- unless --no-one-core: the largest size again with --cores 1 (the speed-up of a second core).
 
     python benchmarks/bench_workflow.py                      # small: 4,000 vs 40,000 configs (a few min)
     python benchmarks/bench_workflow.py --sizes 20000 200000 --configs-per-shard 10000   # the big one
+    python benchmarks/bench_workflow.py --sizes 200000 --quality on off --no-one-core    # flagging cost
 
-Outputs go to benchmarks/out/workflow/ (git-ignored). Targets: esps, fields, dipoles, and the
-molecule targets when --molecules is given.
+Outputs go to benchmarks/out/workflow/ (git-ignored); --keep keeps the generated data and results (a kept
+data file of the same size is reused by the next run).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -30,6 +44,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "benchmarks" / "out" / "workflow"
+SCHEMA = REPO / "workflows" / "schemas" / "config.schema.yaml"
+ALL_TARGETS = ("molecules", "esps", "fields", "dipoles", "molecular_forces", "cluster_virial")
 
 # TIP3P-like water: O at the origin, H at 0.9572 Å, HOH angle 104.52°
 _ANG = np.deg2rad(104.52) / 2
@@ -72,10 +88,14 @@ def write_water_clusters(path: Path, n_configs: int, seed: int = 0) -> None:
                 print(f"  wrote {i + 1} configs", flush=True)
 
 
-def _config(data: Path, n_shards: int, molecules: bool) -> dict:
-    ref = {t: {"enabled": t in ("esps", "fields", "dipoles") or molecules}
-           for t in ("molecules", "esps", "fields", "dipoles", "molecular_forces", "cluster_virial")}
-    return {
+def quality_switch_known() -> bool:
+    """Does this checkout's config schema know `quality.enabled` (the switch for --quality off)?"""
+    schema = yaml.safe_load(SCHEMA.read_text())
+    return "enabled" in schema["properties"]["quality"].get("properties", {})
+
+
+def make_config(data: Path, n_shards: int, targets: list[str], quality: str) -> dict:
+    cfg = {
         "shards": n_shards,
         "datasets": {"bench": {
             "inputs": [str(data)],
@@ -83,77 +103,141 @@ def _config(data: Path, n_shards: int, molecules: bool) -> dict:
                      "arrays_keys": {"forces": "forces", "charges": "REF_charges"}},
             "split": {"valid_fraction": 0.1, "test_fraction": 0.1, "seed": 0},
         }},
-        "reference": ref,
+        "reference": {t: {"enabled": t in targets} for t in ALL_TARGETS},
     }
+    if quality == "off":
+        cfg["quality"] = {"enabled": False}
+    return cfg
 
 
-def run_workflow(workdir: Path, cores: int) -> float:
+def run_workflow(workdir: Path, cores: int) -> tuple[float, float]:
+    """(wall time, CPU time) in s of one clean `snakemake` run in ``workdir`` (earlier results removed); the
+    CPU time is Snakemake's and every job's, user + system (the rusage of the waited-for process tree)."""
+    shutil.rmtree(workdir / "results", ignore_errors=True)
+    shutil.rmtree(workdir / ".snakemake", ignore_errors=True)
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(workdir / "config.yaml"), "--cores", str(cores), "--quiet", "all"]
-    t0 = time.perf_counter()
+    r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         sys.exit(f"snakemake failed in {workdir}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return time.perf_counter() - t0
+    return wall, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 
 
-def peak_rss(workdir: Path) -> dict[str, float]:
-    """Rule -> largest max_rss (MB) over its jobs, from the benchmark files."""
-    out: dict[str, float] = defaultdict(float)
-    for tsv in (workdir / "results" / "bench" / "benchmarks").rglob("*.tsv"):
+def rule_usage(workdir: Path) -> dict[str, dict[str, float]]:
+    """Rule -> {jobs, cpu_s (summed over its jobs), wall_s (summed), max_rss (MB, largest job)}, from the
+    benchmark files (results/<ds>/benchmarks/<rule>.tsv or <rule>/<shard>.tsv)."""
+    out: dict[str, dict[str, float]] = defaultdict(lambda: {"jobs": 0, "cpu_s": 0.0, "wall_s": 0.0, "max_rss": 0.0})
+    for tsv in sorted((workdir / "results").glob("*/benchmarks/**/*.tsv")):
         rule = tsv.parent.name if tsv.parent.name != "benchmarks" else tsv.stem
         with open(tsv) as fh:
             for row in csv.DictReader(fh, delimiter="\t"):
-                try:
-                    out[rule] = max(out[rule], float(row["max_rss"]))
-                except (KeyError, ValueError):
-                    pass
+                u = out[rule]
+                u["jobs"] += 1
+                for key, col in (("cpu_s", "cpu_time"), ("wall_s", "s")):
+                    u[key] += _number(row.get(col))
+                u["max_rss"] = max(u["max_rss"], _number(row.get("max_rss")))
     return dict(out)
+
+
+def _number(text) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):  # "NA" for a job too short to sample
+        return 0.0
+
+
+def _table(head: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+    for r in [head] + rows:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+
+
+def _cell(u: dict | None) -> str:
+    return "-" if u is None else f"{u['jobs']:.0f} {u['cpu_s']:.1f} {u['wall_s']:.1f} / {u['max_rss']:.0f}"
+
+
+def report(runs: dict, cores: int) -> None:
+    """Print the throughput per run, then per rule CPU-s and peak RSS of every run side by side."""
+    print(f"\nthroughput (--cores {cores}; the 1-minute load average before each run: other work on the machine)")
+    rows = []
+    for (n, quality), r in runs.items():
+        cpu = sum(u["cpu_s"] for u in r["usage"].values())
+        rows.append([f"N={n} quality {quality}", f"{r['shards']}", f"{r['wall']:.1f}",
+                     f"{n / (r['wall'] * cores):.0f}", f"{r['cpu']:.1f}", f"{n / r['cpu']:.0f}", f"{cpu:.1f}",
+                     f"{100 * cpu / (r['wall'] * cores):.0f}%", f"{r['load']:.2f}"])
+    _table(["run", "shards", "wall s", "configs/s/core", "CPU-s", "configs/CPU-s", "CPU-s in jobs",
+            "of wall x cores", "load before"], rows)
+    print("(configs/s/core = N / (wall x cores); configs/CPU-s = N / all CPU time of the run, Snakemake included:\n"
+          " what a core achieves when no other work shares the machine)")
+
+    names = [f"N={n} {q}" for n, q in runs]
+    rules = sorted({rule for r in runs.values() for rule in r["usage"]})
+    print("\nper rule: jobs, CPU-s and wall-s summed over the jobs / peak RSS of one job (MB); the CPU-s of jobs "
+          "shorter than\nSnakemake's first sample are missing (their wall-s are exact, but include waiting for a core)")
+    rows = [[rule] + [_cell(r["usage"].get(rule)) for r in runs.values()] for rule in rules]
+    _table(["rule"] + names, rows)
+
+    for n in sorted({n for n, _ in runs}):
+        if (n, "on") in runs and (n, "off") in runs:
+            on, off = runs[(n, "on")], runs[(n, "off")]
+            extra = on["cpu"] - off["cpu"]
+            print(f"\nquality at N={n}: wall {on['wall']:.1f} s on vs {off['wall']:.1f} s off "
+                  f"({on['wall'] - off['wall']:+.1f} s); CPU {on['cpu']:.1f} s vs {off['cpu']:.1f} s: {extra:+.1f} s, "
+                  f"{1e6 * extra / n:+.0f} µs per config (the rules' own figures: the table above)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[4000, 40000])
     ap.add_argument("--configs-per-shard", type=int, default=4000)
-    ap.add_argument("--molecules", action="store_true", help="also derive molecules, molecular forces, virials")
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--targets", nargs="+", default=list(ALL_TARGETS), choices=ALL_TARGETS,
+                    help="derived targets to enable (default: all)")
+    ap.add_argument("--quality", nargs="+", default=["on"], choices=["on", "off"],
+                    help="quality flags on (the default settings), off (quality: {enabled: false}), or both")
+    ap.add_argument("--no-one-core", action="store_true", help="skip the rerun of the largest size with --cores 1")
     ap.add_argument("--keep", action="store_true", help="keep the generated data and results")
     args = ap.parse_args()
+    if "off" in args.quality and not quality_switch_known():
+        sys.exit(f"--quality off: {SCHEMA.relative_to(REPO)} has no quality.enabled in this checkout (the quality "
+                 "flags branch adds it); run with --quality on")
     OUT.mkdir(parents=True, exist_ok=True)
 
-    rss, walls = {}, {}
+    runs: dict[tuple[int, str], dict] = {}
     for n in args.sizes:
-        work = OUT / f"n{n}"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        data = work / "water_clusters.extxyz"
-        t0 = time.perf_counter()
-        write_water_clusters(data, n)
-        print(f"N={n}: generated {data.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - t0:.1f} s", flush=True)
+        data = OUT / f"water_clusters_{n}.extxyz"
+        if not data.exists():
+            t0 = time.perf_counter()
+            write_water_clusters(data.with_suffix(".tmp"), n)
+            data.with_suffix(".tmp").rename(data)
+            print(f"N={n}: generated {data.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - t0:.1f} s",
+                  flush=True)
         shards = max(1, n // args.configs_per_shard)
-        (work / "config.yaml").write_text(yaml.safe_dump(_config(data, shards, args.molecules)))
-        walls[(n, 2)] = run_workflow(work, cores=2)
-        rss[n] = peak_rss(work)
-        print(f"N={n}: {shards} shards, --cores 2: {walls[(n, 2)]:.1f} s", flush=True)
+        for quality in args.quality:
+            work = OUT / f"n{n}_quality_{quality}"
+            work.mkdir(parents=True, exist_ok=True)
+            (work / "config.yaml").write_text(yaml.safe_dump(make_config(data, shards, args.targets, quality)))
+            load = os.getloadavg()[0]
+            wall, cpu = run_workflow(work, cores=args.cores)
+            runs[(n, quality)] = {"wall": wall, "cpu": cpu, "shards": shards, "usage": rule_usage(work), "load": load}
+            print(f"N={n} quality {quality}: {shards} shards, --cores {args.cores}: {wall:.1f} s, "
+                  f"{n / (wall * args.cores):.0f} configs/s/core, {cpu:.1f} CPU-s (load average before: {load:.2f})",
+                  flush=True)
 
-    n0 = args.sizes[-1]  # the largest: several shards, so cores can work in parallel
-    work = OUT / f"n{n0}"
-    shutil.rmtree(work / "results", ignore_errors=True)
-    shutil.rmtree(work / ".snakemake", ignore_errors=True)
-    walls[(n0, 1)] = run_workflow(work, cores=1)
-
-    print("\npeak RSS per job (MB, max over the rule's jobs), configs per shard fixed at "
-          f"{args.configs_per_shard}")
-    rules = sorted({r for d in rss.values() for r in d})
-    head = ["rule"] + [f"N={n}" for n in args.sizes] + [f"ratio {args.sizes[-1]}/{args.sizes[0]}"]
-    print("  ".join(f"{h:>22}" for h in head))
-    for r in rules:
-        vals = [rss[n].get(r, float("nan")) for n in args.sizes]
-        print("  ".join(f"{c:>22}" for c in [r] + [f"{v:.0f}" for v in vals] + [f"{vals[-1] / vals[0]:.2f}"]))
-    print(f"\nwall time N={n0}: --cores 1 {walls[(n0, 1)]:.1f} s, --cores 2 {walls[(n0, 2)]:.1f} s, "
-          f"speed-up {walls[(n0, 1)] / walls[(n0, 2)]:.2f}")
+    report(runs, args.cores)
+    if not args.no_one_core and args.cores > 1:
+        n0, quality = args.sizes[-1], args.quality[0]
+        one, _ = run_workflow(OUT / f"n{n0}_quality_{quality}", cores=1)
+        two = runs[(n0, quality)]["wall"]
+        print(f"\nwall time N={n0}: --cores 1 {one:.1f} s ({n0 / one:.0f} configs/s/core), --cores {args.cores} "
+              f"{two:.1f} s, speed-up {one / two:.2f}")
     if not args.keep:
         for n in args.sizes:
-            shutil.rmtree(OUT / f"n{n}", ignore_errors=True)
+            (OUT / f"water_clusters_{n}.extxyz").unlink(missing_ok=True)
+            for quality in args.quality:
+                shutil.rmtree(OUT / f"n{n}_quality_{quality}", ignore_errors=True)
 
 
 if __name__ == "__main__":

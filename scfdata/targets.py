@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -268,8 +269,6 @@ def plan(reference: dict, mapped: set[str], where: str) -> tuple[list[str], dict
 
 
 def missing_modules(name: str, settings: dict) -> list[str]:
-    import importlib.util
-
     return [m for m in TARGETS[name].variant(settings).requires if importlib.util.find_spec(m) is None]
 
 

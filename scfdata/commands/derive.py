@@ -6,6 +6,7 @@ The targets, their inputs and functions come from the registry in scfdata/target
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import warnings
@@ -96,8 +97,6 @@ def run(args) -> int:
 
 
 def run_warm_up(args) -> int:
-    import json
-
     t0 = time.perf_counter()
     try:
         datasets = json.loads(args.datasets)

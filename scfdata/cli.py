@@ -35,6 +35,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("ingest", "read DFT frames (any ase.io format) into an scfdata HDF5 file"),
     "inspect": ("inspect", "what an scfdata HDF5 file holds (fields, coverage, losses)"),
     "plot-losses": ("plot_losses", "per-term loss curves from a training log's `loss breakdown:` lines"),
+    "quality-shard": ("quality", "quality sketch of one base shard (workflow step)"),
+    "quality": ("quality", "quality flags of a dataset: quality.npz + flags.tsv (workflow step)"),
     "report": ("report", "write a dataset's report.md with plots (workflow step)"),
     "split": ("split", "assign every config of the shards to train/valid/test (workflow step)"),
     "statistics-shard": ("statistics", "mergeable statistics sums of one shard (workflow step)"),

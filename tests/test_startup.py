@@ -26,8 +26,8 @@ from scfdata.cli import COMMANDS, build_parser, main
 HEAVY = ("torch", "matplotlib", "numba", "scipy", "ase.io", "pandas")
 #: what a command's start-up (the module of the command and what it imports) must not import
 FORBIDDEN = {name: set(HEAVY) for name in COMMANDS}
-# ingest/index read every format with ase.io; assemble imports scfdata.ingest (check_keys_found)
-for _name in ("ingest", "index", "assemble"):
+# assemble imports scfdata.ingest (check_keys_found)
+for _name in ("assemble",):
     FORBIDDEN[_name] -= {"ase.io", "scipy"}
 #: command modules a command may import besides its own (export shares statistics' --e0 option)
 SHARED = {"export": {"scfdata.commands.statistics"}}
@@ -137,3 +137,14 @@ def test_workflow_steps_import_no_heavy_library_they_do_not_use(base_file):
         assert code == 0, (argv, lines)
         assert not set(HEAVY) & imported, f"scfdata {argv[0]} imports {sorted(set(HEAVY) & imported)}"
     assert (d / "statistics.json").stat().st_size and (d / "out.extxyz").stat().st_size
+
+
+def test_extxyz_ingest_and_index_import_no_ase_io_scipy_or_torch(tmp_path, water_fixture, mace_scf_keys):
+    """The whole extxyz path (index, then ingest through the C parser) stays light: ase.io only for other
+    formats and for frames the C parser refuses, scipy only for clusters above 256 atoms."""
+    (tmp_path / "keys.yaml").write_text(yaml.safe_dump(mace_scf_keys))
+    for argv in (["index", str(water_fixture), "-o", str(tmp_path / "i.json")],
+                 ["ingest", str(water_fixture), "--keys", str(tmp_path / "keys.yaml"), "-o", str(tmp_path / "b.h5")]):
+        code, lines, imported = _run(argv)
+        assert code == 0, lines
+        assert not {"ase.io", "scipy", "torch", "matplotlib", "numba"} & imported, argv

@@ -98,10 +98,10 @@ def test_collinear_compositions_warn_and_name_the_config_key(work):
     assert "statistics: {e0: {H: -13.6, ...}}" in warning and "datasets.<ds>.statistics.e0" in warning
     assert "E0 of H, O is not determined" in (work / "results" / "w" / "logs" / "statistics.log").read_text()
     assert "E0 of H, O is not determined" in (work / "results" / "w" / "report.md").read_text()
-    # the console table after the run: no quality flags computed -> "-" in the flagged column
+    # the console table after the run: quality flags computed, none raised -> 0 in the flagged column
     table = proc.stderr[proc.stderr.index("scfdata: per dataset (configs)"):].splitlines()
     assert table[1].split() == ["dataset", "in", "written", "rejected", "flagged", "train", "valid", "test"]
-    assert table[2].split() == ["w", "8", "8", "0", "-", "8", "0", "0"]
+    assert table[2].split() == ["w", "8", "8", "0", "0", "8", "0", "0"]
     # with quality flags (contract D: manifest.json `quality.flagged`) the column shows their count
     manifest = work / "results" / "w" / "manifest.json"
     stat = manifest.stat()

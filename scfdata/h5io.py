@@ -305,15 +305,13 @@ class StreamWriter:
         return dtype
 
     def _read_part(self, offset: int, dtype: np.dtype, rows: int, shape: tuple) -> np.ndarray:
-        nbytes = rows * int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        buf = bytearray(nbytes)
-        view, done = memoryview(buf), 0
-        while done < nbytes:
-            got = os.preadv(self._fh.fileno(), [view[done:]], offset + done)
-            if got == 0:
-                raise FormatError(f"{self._scratch}: scratch file truncated ({done} of {nbytes} bytes at {offset})")
-            done += got
-        return np.frombuffer(buf, dtype=dtype).reshape((rows, *shape))
+        part = np.empty((rows, *shape), dtype=dtype)
+        raw = part.reshape(-1).view(np.uint8)
+        self._fh.seek(offset)
+        got = self._fh.readinto(raw)
+        if got != raw.size:
+            raise FormatError(f"{self._scratch}: scratch file truncated ({got} of {raw.size} bytes at {offset})")
+        return part
 
     def _write_field(self, group, key: str) -> None:
         """``key``'s parts, one at a time, into one contiguous dataset of ``group`` with its checksum."""

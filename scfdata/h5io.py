@@ -228,9 +228,10 @@ def write_columns(
 class StreamWriter:
     """Append blocks of configs without holding them all in memory; ``close()`` writes the final file.
 
-    Blocks go to a chunked, resizable scratch file; closing copies it field by field into a contiguous
-    file under a temporary name and renames it. Every block must hold the same fields (with the same
-    per-item shapes).
+    Blocks go to a scratch file as raw bytes (each field's part of each block as it is stored); closing
+    writes every field, part by part, into a contiguous file under a temporary name and renames it. Every
+    block must hold the same fields (with the same per-item shapes; a later block's values are cast to the
+    first block's dtype; strings are widened to the longest of all blocks).
     """
 
     def __init__(self, path: str | os.PathLike, *, provenance: dict | None = None,
@@ -242,28 +243,36 @@ class StreamWriter:
         self.rejects: list[tuple[int, int, str]] = []
         remove_stale_temporaries(self.path)
         self._scratch = _tmp_name(self.path, "scratch")
-        self._h5 = h5py.File(self._scratch, "w")
+        self._fh = open(self._scratch, "w+b")  # noqa: SIM115 (closed by close() or abort())
+        self._size = 0
+        # group/name -> (dtype, per-item shape) of the first block; the parts: (offset, dtype, n rows)
+        self._kinds: dict[str, tuple[np.dtype, tuple]] = {}
+        self._parts: dict[str, list[tuple[int, np.dtype, int]]] = {}
+        self._counts: list[tuple[np.ndarray, np.ndarray]] = []
         self._layout: dict[str, tuple] | None = None
         self.n_configs = 0
 
     def _append(self, name: str, arr: np.ndarray) -> None:
         arr = _to_disk(np.asarray(arr))
-        if name not in self._h5:
-            if arr.dtype.kind == "S":  # variable length while streaming; fixed length in the final file
-                dtype = h5py.string_dtype("utf-8")
-                self._h5.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(4096,))
-            else:
-                self._h5.create_dataset(name, shape=(0,) + arr.shape[1:], maxshape=(None,) + arr.shape[1:],
-                                        dtype=arr.dtype, chunks=True)
-        ds = self._h5[name]
-        if ds.shape[1:] != arr.shape[1:]:
-            raise ValueError(f"{name}: per-item shape {arr.shape[1:]} differs from earlier blocks' {ds.shape[1:]}")
-        n0 = ds.shape[0]
-        ds.resize(n0 + len(arr), axis=0)
-        if ds.dtype.kind == "O":
-            ds[n0:] = np.char.decode(arr, "utf-8").astype(object)
-        else:
-            ds[n0:] = arr
+        if name not in self._kinds or (len(arr) and not self._parts[name]):  # the first block with data
+            self._kinds[name] = (arr.dtype, arr.shape[1:])                  # sets the dtype
+            self._parts.setdefault(name, [])
+        dtype, shape = self._kinds[name]
+        if shape != arr.shape[1:]:
+            raise ValueError(f"{name}: per-item shape {arr.shape[1:]} differs from earlier blocks' {shape}")
+        if not len(arr):
+            return
+        if (arr.dtype.kind == "S") != (dtype.kind == "S"):
+            raise ValueError(f"{name}: dtype {arr.dtype} differs from earlier blocks' {dtype} (text and numbers)")
+        if arr.dtype.kind != "S" and arr.dtype != dtype:
+            arr = arr.astype(dtype)
+        arr = np.ascontiguousarray(arr)
+        try:
+            self._fh.write(arr.data)
+        except OSError as e:  # a full disk or a file size limit: name the scratch file
+            raise OSError(e.errno, e.strerror, str(self._scratch)) from None
+        self._parts[name].append((self._size, arr.dtype, len(arr)))
+        self._size += arr.nbytes
 
     def append(self, cols: Columns) -> None:
         layout = {
@@ -278,70 +287,82 @@ class StreamWriter:
             raise ValueError(f"block fields {layout} differ from the first block's {self._layout}")
         block = sum(np.asarray(a).nbytes for d in (cols.configs, cols.atoms, cols.molecules, cols.masks)
                     for a in d.values())
-        ensure_room(self._scratch, os.fstat(_vfd(self._h5)).st_size + 2 * _estimate(block, 0)
-                    if _vfd(self._h5) is not None else _estimate(block, 0))
-        self._append("n_atoms", cols.n_atoms)
-        self._append("n_molecules", cols.n_molecules)
+        ensure_room(self._scratch, self._size + 2 * _estimate(block, 0))
         for group, d in (("configs", cols.configs), ("atoms", cols.atoms),
                          ("molecules", cols.molecules), ("masks", cols.masks)):
             for name, arr in d.items():
                 self._append(f"{group}/{name}", arr)
+        self._counts.append((cols.n_atoms, cols.n_molecules))
         self.n_configs += cols.n_configs
 
     def add_rejects(self, rows: Iterable[tuple[int, int, str]]) -> None:
         self.rejects.extend(rows)
 
+    def _final_dtype(self, key: str) -> np.dtype:
+        dtype = self._kinds[key][0]
+        if dtype.kind == "S":  # fixed length in the final file: the longest string of all blocks
+            return np.dtype(f"S{max((p[1].itemsize for p in self._parts[key]), default=dtype.itemsize)}")
+        return dtype
+
+    def _read_part(self, offset: int, dtype: np.dtype, rows: int, shape: tuple) -> np.ndarray:
+        part = np.empty((rows, *shape), dtype=dtype)
+        raw = part.reshape(-1).view(np.uint8)
+        self._fh.seek(offset)
+        got = self._fh.readinto(raw)
+        if got != raw.size:
+            raise FormatError(f"{self._scratch}: scratch file truncated ({got} of {raw.size} bytes at {offset})")
+        return part
+
+    def _write_field(self, group, key: str) -> None:
+        """``key``'s parts, one at a time, into one contiguous dataset of ``group`` with its checksum."""
+        dtype, shape = self._final_dtype(key), self._kinds[key][1]
+        n = sum(p[2] for p in self._parts[key])
+        ds = group.create_dataset(key.split("/", 1)[1], shape=(n, *shape), dtype=dtype)
+        crc, row = 0, 0
+        for offset, part_dtype, rows in self._parts[key]:
+            part = self._read_part(offset, part_dtype, rows, shape).astype(dtype, copy=False)
+            ds[row : row + rows] = part
+            crc = checksum_update(part, crc)
+            row += rows
+        ds.attrs["checksum"] = checksum_text(crc)
+
     def close(self) -> Path:
-        h5 = self._h5
         try:
+            self._fh.flush()
             tmp = _tmp_name(self.path)
-            keys = [f"{g}/{n}" for g in ("configs", "atoms", "molecules", "masks") if g in h5 for n in h5[g]]
-            ensure_room(tmp, _estimate(sum(h5[k].size * max(h5[k].dtype.itemsize, 64 if h5[k].dtype.kind == "O" else 0)
-                                           for k in keys) + 16 * (self.n_configs + 1)
-                                       + sum(len(r[2]) * 4 + 16 for r in self.rejects), len(keys) + 4))
+            keys = {g: sorted(k for k in self._kinds if k.split("/", 1)[0] == g)
+                    for g in ("configs", "atoms", "molecules", "masks")}
+            nbytes = sum(sum(p[2] for p in self._parts[k]) * self._final_dtype(k).itemsize
+                         * int(np.prod(self._kinds[k][1], dtype=np.int64)) for k in self._kinds)
+            ensure_room(tmp, _estimate(nbytes + 16 * (self.n_configs + 1)
+                                       + sum(len(r[2]) * 4 + 16 for r in self.rejects), len(self._kinds) + 4))
+            n_atoms = np.concatenate([c[0] for c in self._counts]) if self._counts else np.zeros(0, np.int64)
+            n_mol = np.concatenate([c[1] for c in self._counts]) if self._counts else np.zeros(0, np.int64)
             with h5py.File(tmp, "w") as out:
                 _root_attrs(out, self.provenance)
                 for group in (*LEVEL_GROUP.values(), "masks"):
                     out.create_group(group)
-                n_atoms = h5["n_atoms"][()] if "n_atoms" in h5 else np.zeros(0, np.int64)
-                n_mol = h5["n_molecules"][()] if "n_molecules" in h5 else np.zeros(0, np.int64)
                 _write_array(out["configs"], "atom_ptr", ptr_from_counts(n_atoms))
                 _write_array(out["configs"], "molecule_ptr", ptr_from_counts(n_mol))
-                for group in ("configs", "atoms", "molecules", "masks"):
-                    if group not in h5:
-                        continue
-                    for name, src in h5[group].items():
-                        _copy_contiguous(src, out[group], name)
+                for group, names in keys.items():
+                    for key in names:
+                        self._write_field(out[group], key)
                         if group != "masks":
-                            out[group][name].attrs.update(_field_attrs(name, self.derived_by))
+                            out[key].attrs.update(_field_attrs(key.split("/", 1)[1], self.derived_by))
                 _write_rejects(out, self.rejects)
             os.replace(tmp, self.path)
         finally:
-            h5.close()
-            self._scratch.unlink(missing_ok=True)
+            self.abort()
             if "tmp" in locals() and tmp.exists():
                 tmp.unlink()
         return self.path
 
     def abort(self) -> None:
-        self._h5.close()
+        try:
+            self._fh.close()
+        except OSError:  # a failed write's buffered bytes: the scratch file goes anyway
+            pass
         self._scratch.unlink(missing_ok=True)
-
-
-def _copy_contiguous(src, dst_group, name: str, block: int = 1 << 20) -> None:
-    if src.dtype.kind == "O":
-        data = np.array(src[()], dtype=object)
-        data = np.array([s.decode() if isinstance(s, bytes) else s for s in data], dtype=str)
-        _write_array(dst_group, name, _to_disk(data))
-        return
-    ds = dst_group.create_dataset(name, shape=src.shape, dtype=src.dtype)
-    step = max(1, block // max(1, int(np.prod(src.shape[1:])) if src.ndim > 1 else 1))
-    crc = 0
-    for s in range(0, src.shape[0], step):
-        part = src[s : s + step]
-        ds[s : s + step] = part
-        crc = checksum_update(part, crc)
-    ds.attrs["checksum"] = checksum_text(crc)
 
 
 class _Shard:

@@ -329,3 +329,53 @@ def test_a_write_the_file_size_limit_cannot_hold_is_refused_before_hdf5_starts(t
     assert proc.returncode == 1 and "OSError: [Errno 27] File too large: about" in proc.stderr, proc.stderr[-500:]
     assert "the file size limit (ulimit -f) is 200000 bytes" in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def _stored(path) -> dict:
+    """Every object of an HDF5 file: name -> (dtype, shape, layout, bytes, attrs) for datasets, attrs for groups
+    (the root's creation time left out)."""
+    out = {}
+    with h5py.File(path) as h5:
+        def visit(name, obj):
+            attrs = {k: (v.tobytes() if isinstance(v, np.ndarray) else v) for k, v in obj.attrs.items()}
+            if isinstance(obj, h5py.Dataset):
+                out[name] = (obj.dtype, obj.shape, obj.chunks, obj.compression, obj[()].tobytes(), attrs)
+            else:
+                out[name] = attrs
+        h5.visititems(visit)
+        out["/"] = {k: v for k, v in h5.attrs.items() if k != "created"}
+    return out
+
+
+def test_stream_writer_stores_exactly_what_one_write_of_the_whole_set_stores(tmp_path):
+    """Blocks streamed to the raw scratch file (strings of different widths per block, a block of no config,
+    a later block in another integer dtype) give the same bytes, dtypes, layout and attributes as
+    write_columns of the concatenation."""
+    blocks = [block(7, 1), block(0, 2), block(11, 3), block(5, 4)]
+    blocks[2].configs["config_type"] = np.array(["a-much-longer-type-ü" if k % 4 else "" for k in range(11)])
+    blocks[3].atoms["numbers"] = blocks[3].atoms["numbers"].astype(np.int32)
+    w = StreamWriter(tmp_path / "s.h5", provenance={"p": 1})
+    for b in blocks:
+        w.append(b)
+    w.add_rejects([(0, 3, "bad é"), (1, 9, "worse")])
+    w.close()
+    ref = concat([blocks[0], blocks[1], blocks[2], blocks[3]])
+    ref.atoms["numbers"] = ref.atoms["numbers"].astype(blocks[0].atoms["numbers"].dtype)
+    write_columns(tmp_path / "c.h5", ref, provenance={"p": 1}, rejects=[(0, 3, "bad é"), (1, 9, "worse")])
+    streamed, whole = _stored(tmp_path / "s.h5"), _stored(tmp_path / "c.h5")
+    assert list(streamed) == list(whole)
+    for name in whole:
+        assert streamed[name] == whole[name], name
+    assert streamed["configs/config_type"][0] == np.dtype("S21")
+    assert not list(tmp_path.glob(".*"))
+
+
+def test_stream_writer_refuses_a_block_whose_text_field_turns_numeric(tmp_path):
+    w = StreamWriter(tmp_path / "t.h5")
+    w.append(block(3))
+    b = block(2)
+    b.configs["config_type"] = np.arange(2.0)
+    with pytest.raises(ValueError, match="configs/config_type: dtype float64 differs from earlier blocks' "):
+        w.append(b)
+    w.abort()
+    assert list(tmp_path.iterdir()) == []

@@ -22,7 +22,7 @@ from .validate import FrameError, check_geometry, check_total_charge
 
 _Z = {s: z for z, s in enumerate(chemical_symbols)}
 #: A config_type that ASE's reader keeps as this very text (not a number, a boolean or JSON).
-_PLAIN_TEXT = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+_PLAIN_TEXT = re.compile(r"[A-Za-z_][A-Za-z0-9_.+\-]*")  # e.g. MACE_SCF's charged clusters: carved_H11O5+
 _NOT_TEXT = {"inf", "infinity", "nan", "true", "false"}
 #: Names a mapping may not point at for the fast path (ASE builds them from the columns).
 _BUILT = {"positions", "numbers", "symbols"}

@@ -232,7 +232,7 @@ def _brute_force(positions: list[np.ndarray], tol: float) -> tuple[np.ndarray, n
     for i in range(n):
         for j in range(i):
             if np.linalg.norm(positions[i] - positions[j], axis=1).max() <= 1e-6:
-                kind[i], original[i] = 1, original[j] if kind[j] else j
+                kind[i], original[i] = 1, original[j] if kind[j] == 1 else j
                 break
         if kind[i]:
             continue
@@ -394,3 +394,51 @@ def test_damaged_sketch_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and "s.npz: not a readable quality sketch" in err
     assert not (tmp_path / "q.npz").exists() and not (tmp_path / "f.tsv").exists()
+
+
+def test_copies_do_not_make_the_robust_energy_centre_flag_distinct_configs(tmp_path):
+    """60 copies of one config and 40 distinct ones (10 meV/atom spread): the copies are duplicates, and the
+    median/MAD over the distinct configs flags none of the 40 as an energy outlier (with the copies counted,
+    the MAD is 0 and all 40 would be)."""
+    rng = np.random.default_rng(5)
+    base = _clean_config(rng, (0, 0))
+    configs = [{**base, "source": (0, i)} for i in range(60)]
+    configs += [_clean_config(rng, (0, 60 + i)) for i in range(40)]
+    by_flag, _, _, _, _ = _run(tmp_path, [configs])
+    assert by_flag["duplicate"] == set(range(1, 60))
+    assert by_flag["energy_outlier"] == set(), by_flag["energy_outlier"]
+
+
+def test_an_exact_copy_of_a_near_duplicate_names_the_near_duplicate(tmp_path):
+    """A, B within 0.005 Å of A, C a bit-identical copy of B: C is a duplicate of B (within 1e-6 Å), not of A."""
+    rng = np.random.default_rng(6)
+    a = _clean_config(rng, (0, 0))
+    b = {**_translate_noise(rng, a, 0.005), "source": (0, 1)}
+    c = {**b, "source": (0, 2)}
+    fillers = [_clean_config(rng, (0, 3 + i)) for i in range(30)]
+    by_flag, original, rows, _, _ = _run(tmp_path, [[a, b, c, *fillers]], {"near_duplicate_tolerance": 0.01})
+    assert by_flag["near_duplicate"] == {1} and by_flag["duplicate"] == {2}
+    assert original[1] == 0 and original[2] == 1
+    [detail] = [r[3] for r in rows if r[2] == "duplicate"]
+    assert detail.startswith("duplicate of a.extxyz:1"), detail
+
+
+def test_charged_configs_are_not_compared_for_the_dipole(tmp_path):
+    """A +1 e config 10 Å from the origin: its Σ q r about 0 differs from a DFT dipole taken about its centre
+    by ~10 e·Å; the origin is the DFT code's choice, so charged configs are not flagged, neutral ones are."""
+    rng = np.random.default_rng(7)
+    configs = [_clean_config(rng, (0, i)) for i in range(30)]
+    charged = _clean_config(rng, (0, 30))
+    q = charged["charges"] + 1.0 / len(charged["charges"])
+    pos = charged["positions"] + 10.0
+    charged.update(charges=q, positions=pos, total_charge=1.0,
+                   dipole=(q[:, None] * (pos - pos.mean(axis=0))).sum(0))
+    flipped = _clean_config(rng, (0, 31))
+    flipped["dipole"] = -flipped["dipole"] + np.array([2.0, 0.0, 0.0])  # neutral, wrong sign: flagged
+    by_flag, _, _, _, _ = _run(tmp_path, [configs + [charged, flipped]])
+    assert by_flag["dipole_disagreement"] == {31}
+
+
+def test_drop_with_quality_disabled_is_refused():
+    with pytest.raises(ValueError, match="quality.drop: duplicate listed while quality.enabled is false"):
+        quality.check_settings({"enabled": False, "drop": ["duplicate"]})

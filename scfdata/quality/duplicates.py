@@ -151,7 +151,9 @@ def resolve_duplicates(n: int, first: np.ndarray, pairs: Sequence[tuple[np.ndarr
         while q < len(i) and i[q] == i[p]:
             q += 1
         c = i[p]
-        roots = [int(original[j[r]]) if kind[j[r]] else j[r] for r in range(p, q) if ex[r]]
+        # an exact copy of an exact copy names the first copy; of a near duplicate, that near duplicate itself
+        # (its first copy is only within the tolerance: "within 1e-6 Å" of it would be false)
+        roots = [int(original[j[r]]) if kind[j[r]] == 1 else j[r] for r in range(p, q) if ex[r]]
         if roots:
             kind[c], original[c] = 1, min(roots)
         else:

@@ -47,9 +47,11 @@ def energy_residuals(elements, counts, energy, mask, e0: Mapping[int, float]) ->
     return np.where(ok, (np.asarray(energy, dtype=np.float64) - ref) / n, np.nan)
 
 
-def energy_centre(load, offsets: np.ndarray, sums: list[dict], sigma: float) -> tuple:
+def energy_centre(load, offsets: np.ndarray, sigma: float, distinct: np.ndarray) -> tuple:
     """E0 fit, per-config residual energy per atom, its robust centre; refitted once without the configs
-    beyond ``sigma`` robust sigmas (one absurd energy moves every E0 of a plain least squares)."""
+    beyond ``sigma`` robust sigmas (one absurd energy moves every E0 of a plain least squares). The fit and
+    the centre use only the ``distinct`` configs (not flagged duplicate/near duplicate): 60 copies of one
+    config would otherwise make the MAD 0 and every other config an outlier."""
     n_shards = len(offsets) - 1
 
     def residuals(e0):
@@ -60,19 +62,24 @@ def energy_centre(load, offsets: np.ndarray, sums: list[dict], sigma: float) -> 
                                                               sk["energy_mask"], e0)
         return out
 
-    e0, info = fit_e0(sums) if offsets[-1] else ({}, {})
-    resid = residuals(e0)
-    centre = robust_centre(resid, SIGMA_FLOOR["energy"])
-    far = np.abs(resid - centre[0]) > sigma * centre[1] if math.isfinite(centre[0]) else np.zeros(len(resid), bool)
-    if far.any():
-        refit = []
+    def fit(exclude: np.ndarray):
+        parts = []
         for k in range(n_shards):
             sk = load(k)
-            refit.append(energy_sums(sk["elements"], sk["element_counts"], sk["energy"],
-                                     np.asarray(sk["energy_mask"], bool) & ~far[offsets[k]:offsets[k + 1]]))
-        refit_e0, info = fit_e0(refit)
+            parts.append(energy_sums(sk["elements"], sk["element_counts"], sk["energy"],
+                                     np.asarray(sk["energy_mask"], bool) & ~exclude[offsets[k]:offsets[k + 1]]))
+        return fit_e0(parts)
+
+    distinct = np.asarray(distinct, dtype=bool)
+    e0, info = fit(~distinct) if offsets[-1] else ({}, {})
+    resid = residuals(e0)
+    centre = robust_centre(resid[distinct], SIGMA_FLOOR["energy"])
+    far = np.abs(resid - centre[0]) > sigma * centre[1] if math.isfinite(centre[0]) else np.zeros(len(resid), bool)
+    if (far & distinct).any():
+        refit_e0, info = fit(~distinct | far)
         e0 = {**e0, **refit_e0}  # an element only the far configs hold keeps its first E0
-        info.update(refit_without=int(far.sum()), values={chemical_symbols[z]: v for z, v in sorted(e0.items())})
+        info.update(refit_without=int((far & distinct).sum()),
+                    values={chemical_symbols[z]: v for z, v in sorted(e0.items())})
         resid = residuals(e0)
-        centre = robust_centre(resid, SIGMA_FLOOR["energy"])
+        centre = robust_centre(resid[distinct], SIGMA_FLOOR["energy"])
     return resid, centre, info

@@ -12,7 +12,7 @@ from ase.data import chemical_symbols
 
 from ..columns import ptr_from_counts
 from .duplicates import find_duplicates
-from .energy import energy_centre, energy_sums
+from .energy import energy_centre
 from .robust import force_scores, histogram_centre, merge_histograms
 from .settings import BIT, DIPOLE_FLOOR, EXACT_TOLERANCE, FLAG_NAMES, check_settings
 
@@ -28,7 +28,7 @@ def flag_dataset(n_shards: int, load, gather, settings: Mapping) -> tuple[list[d
     s = check_settings(settings)
     tol = s["near_duplicate_tolerance"]
     keys = {k: [] for k in ("comp", "content", "exact_key", "near_key", "n_atoms", "source")}
-    sizes, inputs, sums, hist = [], None, [], {}
+    sizes, inputs, hist = [], None, {}
     for k in range(n_shards):
         sk = load(k)
         sizes.append(len(sk["n_atoms"]))
@@ -38,15 +38,15 @@ def flag_dataset(n_shards: int, load, gather, settings: Mapping) -> tuple[list[d
         if inputs is not None and paths != inputs and sizes[-1]:
             raise ValueError(f"shard {k}: its input files {paths} differ from the other shards' {inputs}: "
                              "the shards are not of one dataset; rerun the dataset's ingest")
-        inputs = paths if inputs is None or not sizes[-1] else inputs
-        sums.append(energy_sums(sk["elements"], sk["element_counts"], sk["energy"], sk["energy_mask"]))
+        if inputs is None and sizes[-1]:  # an empty shard never names the inputs
+            inputs = paths
         merge_histograms(hist, sk["force_hist"])
     keys = {name: np.concatenate(v) if v else np.zeros(0) for name, v in keys.items()}
     offsets = ptr_from_counts(np.array(sizes, dtype=np.int64))
     n = int(offsets[-1])
     kind, original, deviation, dup_info = find_duplicates(keys, gather, tol) if n else (
         np.zeros(0, np.int8), np.zeros(0, np.int64), np.zeros(0), {})
-    resid, e_centre, e0_info = energy_centre(load, offsets, sums, s["outlier_sigma"])
+    resid, e_centre, e0_info = energy_centre(load, offsets, s["outlier_sigma"], kind == 0)
     f_centre = {z: histogram_centre(h) for z, h in sorted(hist.items())}
 
     def where(g) -> tuple[str, int]:

@@ -44,4 +44,7 @@ def check_settings(settings: Mapping | None) -> dict:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"quality.drop: unknown flag {d!r}{hint}; known flags: {', '.join(FLAG_NAMES)}")
     s["drop"] = list(drop)
+    if drop and not s["enabled"]:
+        raise ValueError(f"quality.drop: {', '.join(drop)} listed while quality.enabled is false: no flag is computed, "
+                         "so nothing would be dropped; set enabled: true or empty the drop list")
     return s

@@ -63,7 +63,8 @@ def _check_pairs(i: np.ndarray, j: np.ndarray, n_atoms: np.ndarray, gather, tole
             data["pbc"][rb])
         exact = same & (raw <= EXACT_TOLERANCE) & (dcell <= EXACT_TOLERANCE)
         near = same & (centred <= tolerance) & (dcell <= tolerance)
-        yield bi, bj, exact, near, centred
+        match = exact | near  # only matches are kept: a dense cell has many candidates and few matches
+        yield bi[match], bj[match], exact[match], near[match], centred[match]
         start = stop
 
 
@@ -73,20 +74,31 @@ def first_of_content(content: np.ndarray) -> np.ndarray:
     return first[inverse.reshape(-1)]
 
 
+MAX_PAIRS = 1 << 22  # candidate pairs held at once (a dense cell of similar configs has ~n² of them)
+
+
 def candidate_pairs(keys: np.ndarray, offsets: np.ndarray, chunk: int = 1 << 16):
     """Pairs (i, j), j < i (positions in ``keys``), whose keys differ by one of ``offsets`` (uint64,
-    wrapping); yielded in chunks of query configs so that memory stays bounded."""
+    wrapping); yielded in chunks of query configs of at most about MAX_PAIRS pairs, so that memory stays
+    bounded however dense a cell is."""
     keys = np.asarray(keys, dtype=np.uint64)
     order = np.argsort(keys, kind="stable")
     sk = keys[order]
-    for s in range(0, len(keys), chunk):
-        q = np.arange(s, min(s + chunk, len(keys)), dtype=np.int64)
-        ii, jj = [], []
+    todo = [(s, min(s + chunk, len(keys))) for s in range(0, len(keys), chunk)]
+    while todo:
+        s, e = todo.pop(0)
+        q = np.arange(s, e, dtype=np.int64)
+        spans = []
         for d in offsets:
             with np.errstate(over="ignore"):
                 target = keys[q] + d
             lo = np.searchsorted(sk, target, "left")
-            n = np.searchsorted(sk, target, "right") - lo
+            spans.append((lo, np.searchsorted(sk, target, "right") - lo))
+        if e - s > 1 and sum(int(n.sum()) for _, n in spans) > MAX_PAIRS:
+            todo[:0] = [(s, (s + e) // 2), ((s + e) // 2, e)]
+            continue
+        ii, jj = [], []
+        for lo, n in spans:
             if n.any():
                 j = order[_expand_ranges(lo, n)]
                 i = np.repeat(q, n)

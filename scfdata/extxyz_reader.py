@@ -15,6 +15,7 @@ plain positive number below MAX_FRAME_ATOMS (it crashes on 0 atoms).
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 from collections.abc import Iterator
@@ -33,6 +34,27 @@ _WHITESPACE[list(b" \t\n\r\v\f")] = True
 #: "-0" not followed by a digit or a point (a fast literal search before the exact token test below).
 _MINUS_ZERO_ANY = re.compile(rb"-0+(?![\d.])")
 #: An integer token -0: ASE reads it as -0.0 in a list of floats, the C parser as the integer 0.
+#: Number spellings libextxyz reads and ASE refuses (Fortran `1.0d-1`, hex floats `0x1p-3`): frames holding
+#: anything like them go through ASE, so both parsers store and reject the same (a false match only costs speed)
+_DIGIT = np.zeros(256, bool)
+_DIGIT[list(b"0123456789")] = True
+_AFTER_D = _DIGIT.copy()
+_AFTER_D[list(b"+-")] = True
+_AFTER_X = _DIGIT.copy()
+_AFTER_X[list(b".abcdefABCDEF")] = True
+
+
+def _not_ase_numbers(raw: np.ndarray) -> list[int]:
+    """Chunk offsets of number spellings libextxyz reads and ASE refuses: a digit or '.' then d/D then a
+    digit or sign (Fortran `1.0d-1`), '0' then x/X then a hex digit or '.' (`0x1p-3`). Vectorised: one pass
+    over the bytes for d/D/x/X, then the neighbours of those few."""
+    low = raw | 0x20
+    at = np.flatnonzero((low[1:-1] == ord("d")) | (low[1:-1] == ord("x"))) + 1
+    if not len(at):
+        return []
+    prev, nxt, is_d = raw[at - 1], raw[at + 1], low[at] == ord("d")
+    odd = np.where(is_d, (_DIGIT[prev] | (prev == ord("."))) & _AFTER_D[nxt], (prev == ord("0")) & _AFTER_X[nxt])
+    return at[odd].tolist()
 _MINUS_ZERO = re.compile(rb"""(?:^|[\s="',\[{])-0+(?=$|[\s"',\]}])""")
 _BIG_INT = re.compile(rb"""(?:^|[\s="',\[{])[+-]?\d{10,}(?=$|[\s"',\]}])""")
 
@@ -52,6 +74,7 @@ class Span:
     end: int
     n_atoms: int
     comment: bytes
+    plain: bool = True  # no number spelling only libextxyz reads (_not_ase_numbers) in the frame
 
 
 class FramingError(Exception):
@@ -78,6 +101,7 @@ def iter_spans(path: str | os.PathLike, offset: int = 0, line: int = 1, index: i
                 return
             eof = len(buf) < chunk or not fh.read(1)
             raw = np.frombuffer(buf, dtype=np.uint8)
+            odd = _not_ase_numbers(raw)  # sorted offsets; usually none
             ends = np.flatnonzero(raw == 10)
             if eof and buf[-1:] != b"\n":
                 ends = np.append(ends, len(buf))
@@ -110,8 +134,9 @@ def iter_spans(path: str | os.PathLike, offset: int = 0, line: int = 1, index: i
                 inside = blank[b + 1] if blank[b] == k + 1 else blank[b]  # a blank comment line is allowed
                 if inside <= last:
                     raise FramingError(pos + starts_l(k), line, index)
-                yield Span(index, line, pos + starts_l(k), pos + min(ends_l(last) + 1, len(buf)), nat,
-                           buf[starts_l(k + 1):ends_l(k + 1)])
+                a, e = starts_l(k), min(ends_l(last) + 1, len(buf))
+                plain = not odd or bisect.bisect_left(odd, e) == bisect.bisect_left(odd, a)
+                yield Span(index, line, pos + a, pos + e, nat, buf[starts_l(k + 1):ends_l(k + 1)], plain)
                 index += 1
                 line += nat + 2
                 k = last + 1
@@ -161,7 +186,7 @@ class CParser:
     def read(self, span: Span):
         """(n_atoms, symbols, positions, cell, pbc, info, arrays, span) in ASE's conventions, or None."""
         comment = span.comment
-        if b"[[" in comment or (_MINUS_ZERO_ANY.search(comment) and _MINUS_ZERO.search(comment)):
+        if not span.plain or b"[[" in comment or (_MINUS_ZERO_ANY.search(comment) and _MINUS_ZERO.search(comment)):
             return None
         if self._pos != span.offset:
             self._c.cfseek(self._fp, span.offset, 0)

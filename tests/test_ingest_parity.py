@@ -164,6 +164,7 @@ ODD_COMMENTS = [
     f'{PROPS} E=-1.5 config_type=carved_H11O5+', f'{PROPS} E=-1.5 config_type=carved_H15O8-',
     f'{PROPS} E=-1.5 config_type=e+5', f'{PROPS} E=-1.5 config_type=inf+', f'{PROPS} E=-1.5 config_type=a+-b.c',
     f'{PROPS} E=-1.5 config_type=Infinity-', f'{PROPS} E=-1.5 config_type=E-3',
+    f'{PROPS} E=2.5d3', f'{PROPS} E=1.0D0', f'{PROPS} E=0x1p-3', f'{PROPS} E=-1.5 S="1 2 3 4 5 6 7 8 9d0"',
     f'{PROPS} E=1_5', f'{PROPS} E=nan', f'{PROPS} E=T', f'{PROPS} E="1 2"', f'{PROPS} E=abc',
     f'{PROPS} E=-1.5 config_weight=0', f'{PROPS} E=-1.5 config_E_weight=2 config_energy_weight=0.5',
     f'{PROPS} E=-1.5 pbc=T Lattice="8 0 0 0 8 0 0 0 8"', f'{PROPS} E=-1.5 pbc="1 1 1" Lattice="8 0 0 0 8 0 0 0 8"',
@@ -188,8 +189,9 @@ def test_values_the_c_parser_reads_differently(tmp_path, capsys, comment):
     FRAME.replace("H 0.96", "\nH 0.96"), FRAME[:-20], FRAME.replace("3\n", "0\n", 1) + FRAME,
     FRAME.replace("3\n", "3 junk\n", 1), FRAME.replace("0.1 0.2 0.3", "0.1 0.2 0.3 9"),
     FRAME.replace("0.1 0.2 0.3", "0.1 nan 0.3"), FRAME.replace("0.96 0.0 0.0", "0.0 0.0 0.0"),
+    FRAME.replace("0.1 0.2 0.3", "1.0d-1 0.2 0.3"), FRAME.replace("0.1 0.2 0.3", "0x1p-3 0.2 0.3"),
     "\n\n" + FRAME + "  \n\t\n" + FRAME + "\n",
-], ids=range(11))
+], ids=range(13))
 def test_malformed_frames(tmp_path, capsys, text):
     src = tmp_path / "bad.extxyz"
     src.write_text(text.format(comment=f'{PROPS} E=-1.5 pbc="F F F"'))

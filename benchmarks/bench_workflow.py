@@ -3,7 +3,7 @@ rule, with quality flags on or off.
 
 For each dataset size N the script writes N water clusters (1-8 TIP3P-like molecules, energies, forces,
 charges) as extxyz, runs the real workflow (`snakemake`, every derived target unless --targets says
-otherwise) with a fixed number of configs per shard, and reports:
+otherwise) with a fixed number of configs per shard (or, with --shards, each given shard count), and reports:
 
 - configs per second per core: N / (wall time x cores), the wall time of the whole `snakemake` process
   (start-up, DAG, every job) on --cores cores; and N / CPU-seconds of the whole run (Snakemake and every
@@ -21,6 +21,7 @@ otherwise) with a fixed number of configs per shard, and reports:
     python benchmarks/bench_workflow.py                      # small: 4,000 vs 40,000 configs (a few min)
     python benchmarks/bench_workflow.py --sizes 20000 200000 --configs-per-shard 10000   # the big one
     python benchmarks/bench_workflow.py --sizes 200000 --quality on off --no-one-core    # flagging cost
+    python benchmarks/bench_workflow.py --sizes 200000 --shards 2 10 --no-one-core      # per-job overhead
 
 Outputs go to benchmarks/out/workflow/ (git-ignored); --keep keeps the generated data and results (a kept
 data file of the same size is reused by the next run).
@@ -162,7 +163,7 @@ def report(runs: dict, cores: int) -> None:
     """Print the throughput per run, then per rule CPU-s and peak RSS of every run side by side."""
     print(f"\nthroughput (--cores {cores}; the 1-minute load average before each run: other work on the machine)")
     rows = []
-    for (n, quality), r in runs.items():
+    for (n, quality, _), r in runs.items():
         cpu = sum(u["cpu_s"] for u in r["usage"].values())
         rows.append([f"N={n} quality {quality}", f"{r['shards']}", f"{r['wall']:.1f}",
                      f"{n / (r['wall'] * cores):.0f}", f"{r['cpu']:.1f}", f"{n / r['cpu']:.0f}", f"{cpu:.1f}",
@@ -172,26 +173,32 @@ def report(runs: dict, cores: int) -> None:
     print("(configs/s/core = N / (wall x cores); configs/CPU-s = N / all CPU time of the run, Snakemake included:\n"
           " what a core achieves when no other work shares the machine)")
 
-    names = [f"N={n} {q}" for n, q in runs]
+    names = [f"N={n} {q} {k}sh" for n, q, k in runs]
     rules = sorted({rule for r in runs.values() for rule in r["usage"]})
     print("\nper rule: jobs, CPU-s and wall-s summed over the jobs / peak RSS of one job (MB); the CPU-s of jobs "
           "shorter than\nSnakemake's first sample are missing (their wall-s are exact, but include waiting for a core)")
     rows = [[rule] + [_cell(r["usage"].get(rule)) for r in runs.values()] for rule in rules]
     _table(["rule"] + names, rows)
 
-    for n in sorted({n for n, _ in runs}):
-        if (n, "on") in runs and (n, "off") in runs:
-            on, off = runs[(n, "on")], runs[(n, "off")]
+    for n, k in sorted({(n, k) for n, _, k in runs}):
+        if (n, "on", k) in runs and (n, "off", k) in runs:
+            on, off = runs[(n, "on", k)], runs[(n, "off", k)]
             extra = on["cpu"] - off["cpu"]
-            print(f"\nquality at N={n}: wall {on['wall']:.1f} s on vs {off['wall']:.1f} s off "
+            print(f"\nquality at N={n}, {k} shards: wall {on['wall']:.1f} s on vs {off['wall']:.1f} s off "
                   f"({on['wall'] - off['wall']:+.1f} s); CPU {on['cpu']:.1f} s vs {off['cpu']:.1f} s: {extra:+.1f} s, "
                   f"{1e6 * extra / n:+.0f} µs per config (the rules' own figures: the table above)")
+
+
+def workdir(n: int, shards: int, quality: str) -> Path:
+    return OUT / f"n{n}_s{shards}_quality_{quality}"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[4000, 40000])
     ap.add_argument("--configs-per-shard", type=int, default=4000)
+    ap.add_argument("--shards", type=int, nargs="+", metavar="N",
+                    help="run each size with each of these shard counts instead of --configs-per-shard")
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--targets", nargs="+", default=list(ALL_TARGETS), choices=ALL_TARGETS,
                     help="derived targets to enable (default: all)")
@@ -205,7 +212,7 @@ def main() -> None:
                  "flags branch adds it); run with --quality on")
     OUT.mkdir(parents=True, exist_ok=True)
 
-    runs: dict[tuple[int, str], dict] = {}
+    runs: dict[tuple[int, str, int], dict] = {}
     for n in args.sizes:
         data = OUT / f"water_clusters_{n}.extxyz"
         if not data.exists():
@@ -214,30 +221,31 @@ def main() -> None:
             data.with_suffix(".tmp").rename(data)
             print(f"N={n}: generated {data.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - t0:.1f} s",
                   flush=True)
-        shards = max(1, n // args.configs_per_shard)
-        for quality in args.quality:
-            work = OUT / f"n{n}_quality_{quality}"
-            work.mkdir(parents=True, exist_ok=True)
-            (work / "config.yaml").write_text(yaml.safe_dump(make_config(data, shards, args.targets, quality)))
-            load = os.getloadavg()[0]
-            wall, cpu = run_workflow(work, cores=args.cores)
-            runs[(n, quality)] = {"wall": wall, "cpu": cpu, "shards": shards, "usage": rule_usage(work), "load": load}
-            print(f"N={n} quality {quality}: {shards} shards, --cores {args.cores}: {wall:.1f} s, "
-                  f"{n / (wall * args.cores):.0f} configs/s/core, {cpu:.1f} CPU-s (load average before: {load:.2f})",
-                  flush=True)
+        for shards in args.shards or [max(1, n // args.configs_per_shard)]:
+            for quality in args.quality:
+                work = workdir(n, shards, quality)
+                work.mkdir(parents=True, exist_ok=True)
+                (work / "config.yaml").write_text(yaml.safe_dump(make_config(data, shards, args.targets, quality)))
+                load = os.getloadavg()[0]
+                wall, cpu = run_workflow(work, cores=args.cores)
+                runs[(n, quality, shards)] = {"wall": wall, "cpu": cpu, "shards": shards, "usage": rule_usage(work),
+                                              "load": load}
+                print(f"N={n} quality {quality}: {shards} shards, --cores {args.cores}: {wall:.1f} s, "
+                      f"{n / (wall * args.cores):.0f} configs/s/core, {cpu:.1f} CPU-s (load average before: "
+                      f"{load:.2f})", flush=True)
 
     report(runs, args.cores)
     if not args.no_one_core and args.cores > 1:
-        n0, quality = args.sizes[-1], args.quality[0]
-        one, _ = run_workflow(OUT / f"n{n0}_quality_{quality}", cores=1)
-        two = runs[(n0, quality)]["wall"]
+        n0, quality, shards = next(reversed(runs))
+        one, _ = run_workflow(workdir(n0, shards, quality), cores=1)
+        two = runs[(n0, quality, shards)]["wall"]
         print(f"\nwall time N={n0}: --cores 1 {one:.1f} s ({n0 / one:.0f} configs/s/core), --cores {args.cores} "
               f"{two:.1f} s, speed-up {one / two:.2f}")
     if not args.keep:
         for n in args.sizes:
             (OUT / f"water_clusters_{n}.extxyz").unlink(missing_ok=True)
-            for quality in args.quality:
-                shutil.rmtree(OUT / f"n{n}_quality_{quality}", ignore_errors=True)
+        for n, quality, shards in runs:
+            shutil.rmtree(workdir(n, shards, quality), ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -198,6 +198,19 @@ wildcard_constraints:
 
 
 # --------------------------------------------------------------------------------------------------
+# scheduling: when more jobs are ready than there are cores, Snakemake starts the highest priority first.
+# The dataset-level chain index -> ingest -> quality sketches -> quality -> split -> statistics is what the
+# report waits for, while the derive jobs only feed assemble; running the chain first keeps both cores busy
+# to the end instead of leaving the chain's serial jobs alone on one core after every derive job is done.
+# --------------------------------------------------------------------------------------------------
+INDEX_PRIORITY = 100
+QUALITY_PRIORITY = 20  # quality_shard, quality, split
+INGEST_PRIORITY = 15
+STATISTICS_PRIORITY = 10  # statistics_shard, statistics
+# derive_* and everything else: Snakemake's default priority 0
+
+
+# --------------------------------------------------------------------------------------------------
 # paths
 # --------------------------------------------------------------------------------------------------
 SHARD = "results/{ds}/shards/{scatteritem}"

@@ -16,6 +16,7 @@ rule index:
         log_file("index"),
     benchmark:
         bench_file("index")
+    priority: INDEX_PRIORITY
     threads: 1
     shell:
         "scfdata index {input.inputs:q} --shards {params.shards} --settings {params.settings:q}"
@@ -35,6 +36,7 @@ rule ingest:
         log_file("ingest", "{scatteritem}"),
     benchmark:
         bench_file("ingest", "{scatteritem}")
+    priority: INGEST_PRIORITY
     threads: 1
     shell:
         "scfdata ingest --index {input.index:q} --shard {params.shard} --settings {params.settings:q}"

@@ -14,6 +14,7 @@ rule quality_shard:
         log_file("quality_shard", "{scatteritem}"),
     benchmark:
         bench_file("quality_shard", "{scatteritem}")
+    priority: QUALITY_PRIORITY
     threads: 1
     shell:
         "scfdata quality-shard {input:q} --settings {params.settings:q} -o {output:q} > {log:q} 2>&1"
@@ -34,6 +35,7 @@ rule quality:
         log_file("quality"),
     benchmark:
         bench_file("quality")
+    priority: QUALITY_PRIORITY
     threads: 1
     shell:
         "scfdata quality --base {input.base:q} {params.sketches} --settings {params.settings:q}"

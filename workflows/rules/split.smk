@@ -15,6 +15,7 @@ rule split:
         log_file("split"),
     benchmark:
         bench_file("split")
+    priority: QUALITY_PRIORITY
     threads: 1
     shell:
         "scfdata split --settings {params.settings:q} {input.base:q} {params.molecules}"

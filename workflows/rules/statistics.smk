@@ -14,6 +14,7 @@ rule statistics_shard:
         log_file("statistics_shard", "{scatteritem}"),
     benchmark:
         bench_file("statistics_shard", "{scatteritem}")
+    priority: STATISTICS_PRIORITY
     threads: 1
     shell:
         "scfdata statistics-shard --split {input.split:q} --shard {params.shard} {input.files:q}"
@@ -31,6 +32,7 @@ rule statistics:
         log_file("statistics"),
     benchmark:
         bench_file("statistics")
+    priority: STATISTICS_PRIORITY
     threads: 1
     shell:
         "scfdata statistics --dataset {wildcards.ds} {params.e0} {input:q} -o {output:q} > {log:q} 2>&1"

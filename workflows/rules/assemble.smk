@@ -44,6 +44,6 @@ rule assemble:
         bench_file("assemble")
     threads: 1
     shell:
-        "scfdata assemble --dataset {wildcards.ds} --split {input.split:q} --index {input.index:q}"
+        "{SCFDATA} assemble --dataset {wildcards.ds} --split {input.split:q} --index {input.index:q}"
         " --reference {params.reference:q} --shard-files {params.shard_files:q}"
         " --quality {input.quality:q} --drop {params.drop:q} -o {params.outdir:q} 2>&1 | tee {log:q}"

@@ -198,6 +198,15 @@ wildcard_constraints:
 
 
 # --------------------------------------------------------------------------------------------------
+# the command: every job runs the `scfdata` of the interpreter that runs Snakemake (the one that imported
+# scfdata above), not whatever `scfdata` comes first on PATH: another environment's copy would write data with
+# other code, and a version manager's shim (pyenv's costs ~0.06 s) would be paid by every job.
+# --------------------------------------------------------------------------------------------------
+_OWN_SCFDATA = os.path.join(os.path.dirname(sys.executable), "scfdata")
+SCFDATA = shlex.quote(_OWN_SCFDATA) if os.access(_OWN_SCFDATA, os.X_OK) else "scfdata"
+
+
+# --------------------------------------------------------------------------------------------------
 # scheduling: when more jobs are ready than there are cores, Snakemake starts the highest priority first.
 # The dataset-level chain index -> ingest -> quality sketches -> quality -> split -> statistics is what the
 # report waits for, while the derive jobs only feed assemble; running the chain first keeps both cores busy

@@ -22,7 +22,7 @@ rule warm_up:
         target="|".join(t.name for t in targets.TARGETS.values() if t.warm_up),
     threads: 1
     shell:
-        "scfdata warm-up {wildcards.target} --datasets {params.datasets:q} -o {output:q} > {log:q} 2>&1"
+        "{SCFDATA} warm-up {wildcards.target} --datasets {params.datasets:q} -o {output:q} > {log:q} 2>&1"
 
 
 for _t in targets.TARGETS.values():
@@ -45,5 +45,5 @@ for _t in targets.TARGETS.values():
             bench_file(f"derive_{_t.name}", "{scatteritem}")
         threads: 1
         shell:
-            "scfdata derive {params.target} --settings {params.settings:q} {input.base:q} {input.depends:q}"
+            "{SCFDATA} derive {params.target} --settings {params.settings:q} {input.base:q} {input.depends:q}"
             " -o {output:q} > {log:q} 2>&1"

@@ -25,6 +25,6 @@ rule export_mace:
         bench_file("export_mace", "{split}-{scatteritem}")
     threads: 1
     shell:
-        "if [ -f {params.source:q} ]; then scfdata export {params.source:q} --format mace -o {params.outdir:q}"
+        "if [ -f {params.source:q} ]; then {SCFDATA} export {params.source:q} --format mace -o {params.outdir:q}"
         " --n-shards {params.n} --shard {params.k} --head {params.head:q} {params.e0}; else echo 'empty split'; fi"
         " > {log:q} 2>&1"

@@ -19,7 +19,7 @@ rule index:
     priority: INDEX_PRIORITY
     threads: 1
     shell:
-        "scfdata index {input.inputs:q} --shards {params.shards} --settings {params.settings:q}"
+        "{SCFDATA} index {input.inputs:q} --shards {params.shards} --settings {params.settings:q}"
         " {params.format} -o {output:q} > {log:q} 2>&1"
 
 
@@ -39,5 +39,5 @@ rule ingest:
     priority: INGEST_PRIORITY
     threads: 1
     shell:
-        "scfdata ingest --index {input.index:q} --shard {params.shard} --settings {params.settings:q}"
+        "{SCFDATA} ingest --index {input.index:q} --shard {params.shard} --settings {params.settings:q}"
         " -o {output:q} > {log:q} 2>&1"

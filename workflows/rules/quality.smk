@@ -17,7 +17,7 @@ rule quality_shard:
     priority: QUALITY_PRIORITY
     threads: 1
     shell:
-        "scfdata quality-shard {input:q} --settings {params.settings:q} -o {output:q} > {log:q} 2>&1"
+        "{SCFDATA} quality-shard {input:q} --settings {params.settings:q} -o {output:q} > {log:q} 2>&1"
 
 
 rule quality:
@@ -38,5 +38,5 @@ rule quality:
     priority: QUALITY_PRIORITY
     threads: 1
     shell:
-        "scfdata quality --base {input.base:q} {params.sketches} --settings {params.settings:q}"
+        "{SCFDATA} quality --base {input.base:q} {params.sketches} --settings {params.settings:q}"
         " -o {output.npz:q} --flags {output.tsv:q} > {log:q} 2>&1"

@@ -14,5 +14,5 @@ rule report:
         bench_file("report")
     threads: 1
     shell:
-        "scfdata report --manifest {input.manifest:q} --statistics {input.statistics:q} --flags {input.flags:q}"
+        "{SCFDATA} report --manifest {input.manifest:q} --statistics {input.statistics:q} --flags {input.flags:q}"
         " -o {output:q} > {log:q} 2>&1"

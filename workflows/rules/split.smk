@@ -18,5 +18,5 @@ rule split:
     priority: QUALITY_PRIORITY
     threads: 1
     shell:
-        "scfdata split --settings {params.settings:q} {input.base:q} {params.molecules}"
+        "{SCFDATA} split --settings {params.settings:q} {input.base:q} {params.molecules}"
         " --quality {input.quality:q} -o {output:q} > {log:q} 2>&1"

@@ -17,7 +17,7 @@ rule statistics_shard:
     priority: STATISTICS_PRIORITY
     threads: 1
     shell:
-        "scfdata statistics-shard --split {input.split:q} --shard {params.shard} {input.files:q}"
+        "{SCFDATA} statistics-shard --split {input.split:q} --shard {params.shard} {input.files:q}"
         " -o {output:q} > {log:q} 2>&1"
 
 
@@ -35,4 +35,4 @@ rule statistics:
     priority: STATISTICS_PRIORITY
     threads: 1
     shell:
-        "scfdata statistics --dataset {wildcards.ds} {params.e0} {input:q} -o {output:q} > {log:q} 2>&1"
+        "{SCFDATA} statistics --dataset {wildcards.ds} {params.e0} {input:q} -o {output:q} > {log:q} 2>&1"

@@ -24,6 +24,8 @@ read through an open reader.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import errno
 import json
 import mmap
@@ -369,7 +371,8 @@ class _Shard:
     """One shard of an assembly: its files, the configs that go out, and which file holds each array.
 
     Built from the files' metadata only (pointers, dtypes, shapes); the files are closed again, so an
-    assembly of many shards holds one shard's files open at a time.
+    assembly of many shards holds one shard's files open at a time. ``select(rows)`` gives the same
+    shard with other rows, without reading the metadata again.
     """
 
     def __init__(self, paths: Sequence[str | os.PathLike], rows: np.ndarray | None):
@@ -399,6 +402,12 @@ class _Shard:
             for f in files:
                 f.close()
 
+    def select(self, rows: np.ndarray | None) -> _Shard:
+        """This shard with the configs ``rows`` (None: all) going out."""
+        other = copy.copy(self)
+        other.rows = np.arange(len(self.atom_ptr) - 1) if rows is None else np.asarray(rows, dtype=np.int64)
+        return other
+
     @property
     def n_atoms(self) -> np.ndarray:
         return np.diff(self.atom_ptr)[self.rows]
@@ -406,6 +415,11 @@ class _Shard:
     @property
     def n_molecules(self) -> np.ndarray:
         return np.diff(self.molecule_ptr)[self.rows]
+
+    def index(self) -> dict[str, np.ndarray]:
+        """Group -> the rows of that group's arrays that go out."""
+        return {"configs": self.rows, "masks": self.rows, "atoms": ranges_index(self.atom_ptr, self.rows),
+                "molecules": ranges_index(self.molecule_ptr, self.rows)}
 
 
 def _all_masked(sh: _Shard, name: str) -> bool:
@@ -465,6 +479,155 @@ def _shard_block(files: list, sh: _Shard, key: str, idx: np.ndarray, layout: tup
     return block
 
 
+@dataclasses.dataclass
+class AssemblyOutput:
+    """One file of an assembly: the configs ``rows`` of shard ``shard`` for each ``(shard, rows)`` in
+    ``parts`` (rows None: all), in that order, with its provenance and extra root attributes."""
+
+    path: Path
+    parts: list[tuple[int, np.ndarray | None]]
+    provenance: dict | None = None
+    root_attrs: dict | None = None
+
+
+@dataclasses.dataclass
+class _Layout:
+    keys: list[str]
+    arrays: dict[str, tuple[np.dtype, tuple]]  # group/name -> (dtype, per-item shape) in the output
+    derived_by: dict[str, dict]
+    sizes: dict[str, int]  # group -> rows in the output
+    n_atoms: np.ndarray
+    n_molecules: np.ndarray
+
+
+def _output_layout(plan: Sequence[_Shard]) -> _Layout:
+    """The datasets of one output file from its shards' metadata (FormatError when shards disagree)."""
+    keys = sorted(plan[0].source) if plan else []
+    arrays: dict[str, tuple[np.dtype, tuple]] = {}
+    derived_by: dict[str, dict] = {}
+    for k, sh in enumerate(plan):
+        if sorted(sh.source) != keys:
+            raise FormatError(f"shard {k} holds fields {sorted(sh.source)}, shard 0 holds {keys}: "
+                              "every shard must be derived with the same targets")
+        derived_by.update(sh.derived_by)
+        for key, (dtype, shape) in sh.layout.items():
+            if key not in arrays:
+                arrays[key] = (dtype, shape)
+            elif dtype.kind == "S" and dtype.itemsize > arrays[key][0].itemsize:
+                arrays[key] = (dtype, arrays[key][1])  # fixed-length strings: the widest shard's width
+    for key in keys:
+        shapes = [sh.layout[key][1] for sh in plan]
+        if len(set(shapes)) > 1:
+            arrays[key] = (arrays[key][0], _padded_shape(key, plan, shapes))
+    n_atoms = np.concatenate([sh.n_atoms for sh in plan]) if plan else np.zeros(0, np.int64)
+    n_mol = np.concatenate([sh.n_molecules for sh in plan]) if plan else np.zeros(0, np.int64)
+    sizes = {"configs": len(n_atoms), "atoms": int(n_atoms.sum()), "molecules": int(n_mol.sum()),
+             "masks": len(n_atoms)}
+    return _Layout(keys, arrays, derived_by, sizes, n_atoms, n_mol)
+
+
+def _data_bytes(lay: _Layout, rejects: Sequence[tuple[int, int, str]]) -> int:
+    data = sum(lay.sizes[key.split("/")[0]] * lay.arrays[key][0].itemsize
+               * int(np.prod(lay.arrays[key][1], dtype=np.int64)) for key in lay.keys)
+    return _estimate(data + 16 * (len(lay.n_atoms) + 1) + sum(len(r[2]) * 4 + 16 for r in rejects),
+                     len(lay.keys) + 4)
+
+
+def _create(out: h5py.File, lay: _Layout, provenance: dict | None, root_attrs: dict | None) -> None:
+    """Root attributes, pointers and every dataset at its final size (filled later)."""
+    _root_attrs(out, provenance, root_attrs)
+    for group in lay.sizes:
+        out.create_group(group)
+    _write_array(out["configs"], "atom_ptr", ptr_from_counts(lay.n_atoms))
+    _write_array(out["configs"], "molecule_ptr", ptr_from_counts(lay.n_molecules))
+    for key in lay.keys:
+        group, name = key.split("/")
+        dtype, shape = lay.arrays[key]
+        ds = out[group].create_dataset(name, shape=(lay.sizes[group], *shape), dtype=dtype)
+        if group != "masks":
+            ds.attrs.update(_field_attrs(name, lay.derived_by))
+
+
+def assemble_many(
+    outputs: Sequence[AssemblyOutput],
+    shards: Sequence[Sequence[str | os.PathLike]],
+    *,
+    rejects: Sequence[tuple[int, int, str]] = (),
+    in_place: bool = False,
+) -> list[Path]:
+    """Merge shard files into several contiguous files (e.g. the splits of a dataset) in one pass over
+    the shards: each shard's files are opened once and their rows go to every output that takes some.
+
+    Each shard is a list of files describing the same configs (the ingested base and the derived
+    fragments); their fields are unioned, and a mask held by several of them is their AND. Each
+    output's datasets are created at their final size, then filled shard by shard: memory holds one
+    shard's arrays at a time, whatever the number of shards. A field whose per-item shape differs
+    between an output's shards takes the widest one when every shard with a narrower shape has that
+    target fully masked there (those shards are zero-padded, their masks stay False); any other shape
+    difference is a FormatError. Every output gets ``rejects``. The files are written under temporary
+    names and renamed, unless ``in_place`` (the callers' paths are already temporary ones); a failure
+    removes what was written.
+    """
+    meta = [_Shard(files, None) for files in shards]
+    plans = [[meta[k].select(r) for k, r in out.parts] for out in outputs]
+    layouts = [_output_layout(plan) for plan in plans]
+    paths = [Path(out.path) for out in outputs]
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not in_place:
+            remove_stale_temporaries(path)
+    tmps = paths if in_place else [_tmp_name(p) for p in paths]
+    for tmp, lay in zip(tmps, layouts, strict=True):
+        ensure_room(tmp, _data_bytes(lay, rejects))
+    done = False
+    h5s: list[h5py.File] = []
+    try:
+        for tmp, lay, out in zip(tmps, layouts, outputs, strict=True):
+            h5s.append(h5py.File(tmp, "w"))
+            _create(h5s[-1], lay, out.provenance, out.root_attrs)
+        crc = [dict.fromkeys(lay.keys, 0) for lay in layouts]
+        at = [dict.fromkeys(lay.sizes, 0) for lay in layouts]
+        takers = {k: [(o, plans[o][j]) for o, out in enumerate(outputs) for j, (kk, _) in enumerate(out.parts)
+                      if kk == k] for k in range(len(shards))}
+        for k, sh in enumerate(meta):
+            if not takers[k]:
+                continue
+            files = [ScfdataFile(p) for p in sh.paths]
+            try:
+                for o, part in takers[k]:
+                    idx = part.index()
+                    for key in layouts[o].keys:
+                        group = key.split("/")[0]
+                        n = len(idx[group])
+                        if n:
+                            block = np.asarray(_shard_block(files, part, key, idx[group], layouts[o].arrays[key]),
+                                               dtype=layouts[o].arrays[key][0])
+                            h5s[o][key][at[o][group] : at[o][group] + n] = block
+                            crc[o][key] = checksum_update(block, crc[o][key])
+                    for group in at[o]:
+                        at[o][group] += len(idx[group])
+            finally:
+                for f in files:
+                    f.close()
+        for h5, lay, c in zip(h5s, layouts, crc, strict=True):
+            for key in lay.keys:
+                h5[key].attrs["checksum"] = checksum_text(c[key])
+            _write_rejects(h5, rejects)
+        while h5s:
+            h5s.pop().close()
+        if not in_place:
+            for tmp, path in zip(tmps, paths, strict=True):
+                os.replace(tmp, path)
+        done = True
+    finally:
+        for h5 in h5s:
+            h5.close()
+        if not done or not in_place:
+            for tmp in tmps:
+                tmp.unlink(missing_ok=True)
+    return paths
+
+
 def assemble(
     out_path: str | os.PathLike,
     shards: Sequence[Sequence[str | os.PathLike]],
@@ -475,94 +638,13 @@ def assemble(
     root_attrs: dict | None = None,
     in_place: bool = False,
 ) -> Path:
-    """Merge shard files into one contiguous file, selecting ``rows[k]`` configs of shard ``k``.
-
-    Each shard is a list of files describing the same configs (the ingested base and the derived
-    fragments); their fields are unioned, and a mask held by several of them is their AND. The output's
-    datasets are created at their final size, then filled shard by shard: memory holds one shard's
-    arrays at a time, whatever the number of shards. A field whose per-item shape differs between
-    shards takes the widest one when every shard with a narrower shape has that target fully masked
-    (those shards are zero-padded, their masks stay False); any other shape difference is a
-    FormatError. ``root_attrs`` (e.g. ``split_id``, ``split_name``) go on the root group. The file is
-    written under a temporary name and renamed, unless ``in_place`` (the caller's path is already a
-    temporary one); a failure removes what was written.
-    """
-    out_path = Path(out_path)
+    """Merge shard files into one contiguous file, selecting ``rows[k]`` configs of shard ``k`` (None:
+    all); `assemble_many` with one output."""
     rows = list(rows) if rows is not None else [None] * len(shards)
-    plan = [_Shard(files, r) for files, r in zip(shards, rows, strict=True)]
-    keys = sorted(plan[0].source) if plan else []
-    layout: dict[str, tuple[np.dtype, tuple]] = {}
-    derived_by: dict[str, dict] = {}
-    for k, sh in enumerate(plan):
-        if sorted(sh.source) != keys:
-            raise FormatError(f"shard {k} holds fields {sorted(sh.source)}, shard 0 holds {keys}: "
-                              "every shard must be derived with the same targets")
-        derived_by.update(sh.derived_by)
-        for key, (dtype, shape) in sh.layout.items():
-            if key not in layout:
-                layout[key] = (dtype, shape)
-            elif dtype.kind == "S" and dtype.itemsize > layout[key][0].itemsize:
-                layout[key] = (dtype, layout[key][1])  # fixed-length strings: the widest shard's width
-    for key in keys:
-        shapes = [sh.layout[key][1] for sh in plan]
-        if len(set(shapes)) > 1:
-            layout[key] = (layout[key][0], _padded_shape(key, plan, shapes))
-    n_atoms = np.concatenate([sh.n_atoms for sh in plan]) if plan else np.zeros(0, np.int64)
-    n_mol = np.concatenate([sh.n_molecules for sh in plan]) if plan else np.zeros(0, np.int64)
-    sizes = {"configs": len(n_atoms), "atoms": int(n_atoms.sum()), "molecules": int(n_mol.sum()),
-             "masks": len(n_atoms)}
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    if not in_place:
-        remove_stale_temporaries(out_path)
-    tmp = out_path if in_place else _tmp_name(out_path)
-    data = sum(sizes[key.split("/")[0]] * layout[key][0].itemsize * int(np.prod(layout[key][1], dtype=np.int64))
-               for key in keys)
-    ensure_room(tmp, _estimate(data + 16 * (len(n_atoms) + 1) + sum(len(r[2]) * 4 + 16 for r in rejects),
-                               len(keys) + 4))
-    done = False
-    try:
-        with h5py.File(tmp, "w") as out:
-            _root_attrs(out, provenance, root_attrs)
-            for group in sizes:
-                out.create_group(group)
-            _write_array(out["configs"], "atom_ptr", ptr_from_counts(n_atoms))
-            _write_array(out["configs"], "molecule_ptr", ptr_from_counts(n_mol))
-            crc = dict.fromkeys(keys, 0)
-            for key in keys:
-                group, name = key.split("/")
-                dtype, shape = layout[key]
-                ds = out[group].create_dataset(name, shape=(sizes[group], *shape), dtype=dtype)
-                if group != "masks":
-                    ds.attrs.update(_field_attrs(name, derived_by))
-            at = dict.fromkeys(sizes, 0)
-            for sh in plan:
-                idx = {"configs": sh.rows, "masks": sh.rows, "atoms": ranges_index(sh.atom_ptr, sh.rows),
-                       "molecules": ranges_index(sh.molecule_ptr, sh.rows)}
-                files = [ScfdataFile(p) for p in sh.paths]
-                try:
-                    for key in keys:
-                        group = key.split("/")[0]
-                        n = len(idx[group])
-                        if n:
-                            block = np.asarray(_shard_block(files, sh, key, idx[group], layout[key]),
-                                               dtype=layout[key][0])
-                            out[key][at[group] : at[group] + n] = block
-                            crc[key] = checksum_update(block, crc[key])
-                finally:
-                    for f in files:
-                        f.close()
-                for group in at:
-                    at[group] += len(idx[group])
-            for key in keys:
-                out[key].attrs["checksum"] = checksum_text(crc[key])
-            _write_rejects(out, rejects)
-        if not in_place:
-            os.replace(tmp, out_path)
-        done = True
-    finally:
-        if not done or not in_place:
-            tmp.unlink(missing_ok=True)
-    return out_path
+    if len(rows) != len(shards):
+        raise ValueError(f"assemble: {len(shards)} shards but {len(rows)} row selections")
+    out = AssemblyOutput(Path(out_path), list(enumerate(rows)), provenance, root_attrs)
+    return assemble_many([out], shards, rejects=rejects, in_place=in_place)[0]
 
 
 # ------------------------------------------------------------------------------------------------

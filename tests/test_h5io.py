@@ -5,7 +5,16 @@ import numpy as np
 import pytest
 
 from scfdata.columns import Columns, concat
-from scfdata.h5io import FormatError, ScfdataFile, StreamWriter, assemble, read_columns, write_columns
+from scfdata.h5io import (
+    AssemblyOutput,
+    FormatError,
+    ScfdataFile,
+    StreamWriter,
+    assemble,
+    assemble_many,
+    read_columns,
+    write_columns,
+)
 
 
 def _memory_mapped(arr) -> bool:
@@ -379,3 +388,49 @@ def test_stream_writer_refuses_a_block_whose_text_field_turns_numeric(tmp_path):
         w.append(b)
     w.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+
+def _assert_same_file(a, b):
+    x, y = _stored(a), _stored(b)
+    assert list(x) == list(y)
+    for name in x:
+        assert x[name] == y[name], name
+
+def test_assemble_many_writes_what_one_assemble_per_output_writes(tmp_path):
+    """One pass over the shards for several outputs (the splits) gives each output exactly the file a
+    separate `assemble` gives it: same arrays, masks, padding, checksums, attributes, rejects."""
+    shards = []
+    for k, b in enumerate([_mp_shard([2, 3, 1], 4, [True, False, True], 0), _mp_shard([1, 2], 1, [False] * 2, 1),
+                           _mp_shard([3, 1, 2, 2], 4, [True] * 4, 2)]):
+        write_columns(tmp_path / f"s{k}.h5", b)
+        esps = Columns(n_atoms=b.n_atoms, atoms={"esps": np.arange(b.n_atoms.sum(), dtype=float) + 10 * k},
+                       masks={"esps": np.arange(b.n_configs) % 2 == 0})
+        write_columns(tmp_path / f"e{k}.h5", esps, derived_by={"esps": {"max_l": 1}})
+        shards.append([tmp_path / f"s{k}.h5", tmp_path / f"e{k}.h5"])
+    labels = [np.array([0, 1, 2]), np.array([1, 1]), np.array([2, 0, 0, 1])]  # output i takes label i
+    rejects = [(0, 7, "a reason"), (1, 2, "another")]
+    outputs = []
+    for i in range(3):
+        parts = [(k, np.flatnonzero(lab == i)) for k, lab in enumerate(labels) if (lab == i).any()]
+        outputs.append(AssemblyOutput(tmp_path / f"many{i}.h5", parts, {"split": i}, {"split_name": f"n{i}"}))
+        assemble(tmp_path / f"one{i}.h5", [shards[k] for k, _ in parts], [r for _, r in parts],
+                 provenance={"split": i}, rejects=rejects, root_attrs={"split_name": f"n{i}"})
+    assert assemble_many(outputs, shards, rejects=rejects) == [o.path for o in outputs]
+    for i in range(3):
+        _assert_same_file(tmp_path / f"one{i}.h5", tmp_path / f"many{i}.h5")
+    with ScfdataFile(tmp_path / "many1.h5") as f:  # shard 1 (narrow, fully masked) padded to shard 0's width
+        assert f.n_configs == 4 and f.read("atomic_multipoles").shape == (3 + 1 + 2 + 2, 4)
+    assert sorted(p.name for p in tmp_path.iterdir() if "tmp" in p.name) == []
+
+
+def test_assemble_many_failure_leaves_no_output(tmp_path):
+    """A shard that cannot go into one output (narrower shape holding data) stops the whole call before
+    any file is published, and no temporary stays behind."""
+    write_columns(tmp_path / "a.h5", _mp_shard([2, 3], 4, [True, True], 0))
+    write_columns(tmp_path / "b.h5", _mp_shard([2], 1, [True], 1))
+    outputs = [AssemblyOutput(tmp_path / "x.h5", [(0, None)]),
+               AssemblyOutput(tmp_path / "y.h5", [(0, None), (1, None)])]
+    with pytest.raises(FormatError, match="per-item shape differs"):
+        assemble_many(outputs, [[tmp_path / "a.h5"], [tmp_path / "b.h5"]])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5", "b.h5"]

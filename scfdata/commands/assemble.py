@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..h5io import MANIFEST, ScfdataFile, assemble, remove_stale_temporaries
+from ..h5io import MANIFEST, AssemblyOutput, ScfdataFile, assemble_many, remove_stale_temporaries
 from ..ingest import check_keys_found
 from ..keys import KeyMapping
 from ..provenance import versions
@@ -254,22 +254,23 @@ def _publish(dataset: str, out_dir: Path, shards: list, labels: list, provenance
     written: dict = {}
     by_split: dict = {}
     try:
+        outputs = []  # every non-empty split, written in one pass over the shards
         for i, name in enumerate(SPLIT_NAMES):
             rows = [np.flatnonzero(lab == i) for lab in labels]
-            keep = [k for k, r in enumerate(rows) if len(r)]
-            if not keep:
+            parts = [(k, r) for k, r in enumerate(rows) if len(r)]
+            if not parts:
                 continue
             final = out_dir / f"{name}.h5"
-            tmp = stage(final)
             prov = {**provenance, "split_name": name}
             if quality is not None:
                 counts = _quality_counts(quality, labels, i)
                 by_split[name] = counts["flags"]
                 prov["quality"] = {**prov["quality"], **counts}
-            assemble(tmp, [shards[k] for k in keep], [rows[k] for k in keep], provenance=prov, rejects=rejects,
-                     root_attrs={"split_id": split_id, "split_name": name}, in_place=True)
-            written[name] = {"path": str(final), "n_configs": int(sum(len(rows[k]) for k in keep)),
-                             "bytes": tmp.stat().st_size}
+            outputs.append(AssemblyOutput(stage(final), parts, prov, {"split_id": split_id, "split_name": name}))
+            written[name] = {"path": str(final), "n_configs": int(sum(len(r) for _, r in parts))}
+        assemble_many(outputs, shards, rejects=rejects, in_place=True)
+        for out, entry in zip(outputs, written.values(), strict=True):
+            entry["bytes"] = out.path.stat().st_size
         tsv = out_dir / "rejects.tsv"
         with open(stage(tsv), "w") as fh:
             fh.write("file\tframe\treason\n")

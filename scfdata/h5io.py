@@ -568,7 +568,8 @@ def assemble_many(
     names and renamed, unless ``in_place`` (the callers' paths are already temporary ones); a failure
     removes what was written.
     """
-    meta = [_Shard(files, None) for files in shards]
+    taken = sorted({k for out in outputs for k, _ in out.parts})  # a shard no output takes is never opened
+    meta = {k: _Shard(shards[k], None) for k in taken}
     plans = [[meta[k].select(r) for k, r in out.parts] for out in outputs]
     layouts = [_output_layout(plan) for plan in plans]
     paths = [Path(out.path) for out in outputs]
@@ -588,11 +589,9 @@ def assemble_many(
         crc = [dict.fromkeys(lay.keys, 0) for lay in layouts]
         at = [dict.fromkeys(lay.sizes, 0) for lay in layouts]
         takers = {k: [(o, plans[o][j]) for o, out in enumerate(outputs) for j, (kk, _) in enumerate(out.parts)
-                      if kk == k] for k in range(len(shards))}
-        for k, sh in enumerate(meta):
-            if not takers[k]:
-                continue
-            files = [ScfdataFile(p) for p in sh.paths]
+                      if kk == k] for k in taken}
+        for k in taken:
+            files = [ScfdataFile(p) for p in meta[k].paths]
             try:
                 for o, part in takers[k]:
                     idx = part.index()

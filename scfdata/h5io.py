@@ -482,7 +482,7 @@ def _shard_block(files: list, sh: _Shard, key: str, idx: np.ndarray, layout: tup
 @dataclasses.dataclass
 class AssemblyOutput:
     """One file of an assembly: the configs ``rows`` of shard ``shard`` for each ``(shard, rows)`` in
-    ``parts`` (rows None: all), in that order, with its provenance and extra root attributes."""
+    ``parts`` (rows None: all; shards in increasing order), with its provenance and extra root attributes."""
 
     path: Path
     parts: list[tuple[int, np.ndarray | None]]
@@ -568,6 +568,11 @@ def assemble_many(
     names and renamed, unless ``in_place`` (the callers' paths are already temporary ones); a failure
     removes what was written.
     """
+    for out in outputs:  # the shard pass fills each output in shard order
+        order = [k for k, _ in out.parts]
+        if any(b <= a for a, b in zip(order, order[1:])) or any(not 0 <= k < len(shards) for k in order):
+            raise ValueError(f"assemble: {out.path}: parts must name shards 0..{len(shards) - 1} in increasing "
+                             f"order, each once; got {order}")
     taken = sorted({k for out in outputs for k, _ in out.parts})  # a shard no output takes is never opened
     meta = {k: _Shard(shards[k], None) for k in taken}
     plans = [[meta[k].select(r) for k, r in out.parts] for out in outputs]

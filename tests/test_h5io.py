@@ -434,3 +434,12 @@ def test_assemble_many_failure_leaves_no_output(tmp_path):
     with pytest.raises(FormatError, match="per-item shape differs"):
         assemble_many(outputs, [[tmp_path / "a.h5"], [tmp_path / "b.h5"]])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5", "b.h5"]
+
+
+def test_assemble_many_refuses_parts_out_of_shard_order(tmp_path):
+    write_columns(tmp_path / "a.h5", block(3, 0))
+    shards = [[tmp_path / "a.h5"], [tmp_path / "a.h5"]]
+    for parts in ([(1, None), (0, None)], [(0, None), (0, None)], [(2, None)]):
+        with pytest.raises(ValueError, match=r"parts must name shards 0\.\.1 in increasing order"):
+            assemble_many([AssemblyOutput(tmp_path / "x.h5", parts)], shards)
+    assert not (tmp_path / "x.h5").exists()

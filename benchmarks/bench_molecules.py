@@ -5,9 +5,11 @@
 Periodic boxes: each size runs in a fresh (spawned) child process; time is the best of --repeat runs of
 ``assign_molecules`` (bonds, components, unwrapping, formulas), peak RSS is the child's ru_maxrss minus its
 RSS before the call, and peak traced is the tracemalloc peak of one extra (untimed) call. Linear scaling
-shows as a constant µs/atom. Clusters: one ``assign_molecules_batch`` pass over all clusters vs a Python
-loop of ``assign_molecules`` per cluster (the loop is timed over --loop-clusters and extrapolated when
-that is smaller than --clusters).
+shows as a constant µs/atom. Clusters: one ``assign_molecules_batch`` pass over all clusters (small open
+configs: all-pairs bonds and label propagation), the same pass on the cKDTree + csgraph path of large and
+periodic configs (SMALL_CONFIG_ATOMS = 0; the results must be identical), and a Python loop of
+``assign_molecules`` per cluster (timed over --loop-clusters and extrapolated when that is smaller than
+--clusters).
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ def main():
               f"{traced * 2**20 / n_at:>7.0f} {ok}")
         prev = (n_at, t)
 
+    from scfdata.reference import molecules
     from scfdata.reference.molecules import assign_molecules, assign_molecules_batch
 
     numbers, pos, ptr, sizes = clusters(args.clusters)
@@ -113,6 +116,13 @@ def main():
     r = assign_molecules_batch(numbers, pos, ptr, None, None)
     t_batch = time.perf_counter() - t
     assert np.array_equal(r.n_molecules, sizes), "batched assignment found the wrong molecules"
+    small, molecules.SMALL_CONFIG_ATOMS = molecules.SMALL_CONFIG_ATOMS, 0
+    t = time.perf_counter()
+    r_tree = assign_molecules_batch(numbers, pos, ptr, None, None)
+    t_tree = time.perf_counter() - t
+    molecules.SMALL_CONFIG_ATOMS = small
+    assert np.array_equal(r.molecule, r_tree.molecule) and np.array_equal(r.formula, r_tree.formula), \
+        "the small-config path and the cKDTree path disagree"
     n_loop = min(args.loop_clusters, args.clusters)
     t = time.perf_counter()
     for c in range(n_loop):
@@ -124,6 +134,8 @@ def main():
     print(f"\n{args.clusters} open water clusters of 1-8 molecules ({len(numbers)} atoms, {sizes.sum()} molecules)")
     print(f"{'method':>22} {'time s':>8} {'ms/1k configs':>14} {'ratio':>7}")
     print(f"{'batched (one pass)':>22} {t_batch:>8.3f} {t_batch / args.clusters * 1e6:>14.1f} {1.0:>7.1f}")
+    print(f"{'batched, cKDTree path':>22} {t_tree:>8.3f} {t_tree / args.clusters * 1e6:>14.1f} "
+          f"{t_tree / t_batch:>7.1f}")
     print(f"{'per-config loop':>22} {t_loop:>8.3f} {t_loop / args.clusters * 1e6:>14.1f} "
           f"{t_loop / t_batch:>7.1f}{note}")
 

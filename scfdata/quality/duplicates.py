@@ -79,34 +79,59 @@ MAX_PAIRS = 1 << 22  # candidate pairs held at once (a dense cell of similar con
 
 def candidate_pairs(keys: np.ndarray, offsets: np.ndarray, chunk: int = 1 << 16):
     """Pairs (i, j), j < i (positions in ``keys``), whose keys differ by one of ``offsets`` (uint64,
-    wrapping); yielded in chunks of query configs of at most about MAX_PAIRS pairs, so that memory stays
-    bounded however dense a cell is."""
+    wrapping); yielded in chunks of at most ``chunk`` query configs and about MAX_PAIRS pairs, so that memory
+    stays bounded however dense a cell is.
+
+    The keys are sorted once and grouped into runs of equal keys; the queries go in sorted key order, one
+    search per run and offset among the run heads (needles in nearly sorted order: cache friendly), and a
+    query config pairs with every member of each matching run.
+    """
     keys = np.asarray(keys, dtype=np.uint64)
+    offsets = np.asarray(offsets, dtype=np.uint64).reshape(-1)
+    if len(keys) == 0 or len(offsets) == 0:
+        return
     order = np.argsort(keys, kind="stable")
     sk = keys[order]
-    todo = [(s, min(s + chunk, len(keys))) for s in range(0, len(keys), chunk)]
-    while todo:
-        s, e = todo.pop(0)
-        q = np.arange(s, e, dtype=np.int64)
-        spans = []
-        for d in offsets:
-            with np.errstate(over="ignore"):
-                target = keys[q] + d
-            lo = np.searchsorted(sk, target, "left")
-            spans.append((lo, np.searchsorted(sk, target, "right") - lo))
-        if e - s > 1 and sum(int(n.sum()) for _, n in spans) > MAX_PAIRS:
-            todo[:0] = [(s, (s + e) // 2), ((s + e) // 2, e)]
-            continue
-        ii, jj = [], []
-        for lo, n in spans:
-            if n.any():
-                j = order[_expand_ranges(lo, n)]
-                i = np.repeat(q, n)
-                keep = j < i
-                ii.append(i[keep])
-                jj.append(j[keep])
-        if ii:
-            yield np.concatenate(ii), np.concatenate(jj)
+    head = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
+    size = np.diff(np.r_[head, len(sk)])
+    runs = sk[head]
+    run_of = np.repeat(np.arange(len(runs)), size)  # run of each sorted position
+    for s in range(0, len(keys), chunk):
+        e = min(s + chunk, len(keys))
+        r0, r1 = int(run_of[s]), int(run_of[e - 1]) + 1
+        hit_run, hit_lo, hit_n = _matching_runs(runs, head, size, r0, r1, offsets)
+        hit_ptr = ptr_from_counts(np.bincount(hit_run, minlength=r1 - r0))
+        per_run = np.bincount(hit_run, weights=hit_n, minlength=r1 - r0).astype(np.int64)
+        cum = np.cumsum(per_run[run_of[s:e] - r0])  # candidates up to each query config of the chunk
+        a = 0
+        while a < e - s:  # split the chunk so that each piece holds about MAX_PAIRS pairs at most
+            before = int(cum[a - 1]) if a else 0
+            b = max(int(np.searchsorted(cum, before + MAX_PAIRS, "right")), a + 1)
+            q = np.arange(s + a, s + b)
+            rq = run_of[q] - r0
+            n_hits = hit_ptr[rq + 1] - hit_ptr[rq]
+            h = _expand_ranges(hit_ptr[rq], n_hits)  # the matching runs of each query config
+            j = order[_expand_ranges(hit_lo[h], hit_n[h])]
+            i = np.repeat(np.repeat(order[q], n_hits), hit_n[h])
+            keep = j < i
+            if keep.any():
+                yield i[keep], j[keep]
+            a = b
+
+
+def _matching_runs(runs, head, size, r0: int, r1: int, offsets):
+    """The runs whose key is the key of one of the runs ``r0:r1`` plus one of the offsets: (query run - r0,
+    sorted position of the matching run, its length) per match, ordered by query run."""
+    found = []
+    for d in offsets:
+        with np.errstate(over="ignore"):
+            target = runs[r0:r1] + d
+        r = np.minimum(np.searchsorted(runs, target, "left"), len(runs) - 1)
+        hit = np.flatnonzero(runs[r] == target)
+        found.append((hit, head[r[hit]], size[r[hit]]))
+    hit_run, hit_lo, hit_n = (np.concatenate(v) for v in zip(*found))
+    by_run = np.argsort(hit_run, kind="stable")
+    return hit_run[by_run], hit_lo[by_run], hit_n[by_run]
 
 
 def _expand_ranges(lo: np.ndarray, n: np.ndarray) -> np.ndarray:

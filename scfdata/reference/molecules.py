@@ -5,11 +5,14 @@ Bonds: atoms i, j are bonded when ``d_ij <= covalent_scale * (r_i + r_j)`` with 
 (a distance, not a scale): ``{("O", "H"): 1.3}`` or ``{"O-H": 1.3}`` (order within a pair does not matter).
 Periodic configs (one at a time): atoms wrapped, the cell padded with the periodic images within the
 cutoff of a face, one cKDTree (linear in N; image shifts in ase's neighbor_list convention, and the tests
-use ase's neighbor_list as the reference; it is not used here because it needs ~13 kB per atom). All
-open-boundary configs are searched together in one cKDTree (each config moved far from the others, so no
-pair crosses configs). Molecules are the connected components of the bond graph
-(one ``scipy.sparse.csgraph.connected_components`` over all configs), numbered within their config in
-order of first atom appearance (deterministic and permutation equivariant).
+use ase's neighbor_list as the reference; it is not used here because it needs ~13 kB per atom). Small
+open-boundary configs (at most SMALL_CONFIG_ATOMS atoms, the bulk of cluster data sets) are searched over
+all their atom pairs in numpy, the configs of one atom count stacked (at most MAX_PAIRS pairs at a time);
+the larger open-boundary configs together in one cKDTree (each config moved far from the others, so no
+pair crosses configs). Molecules are the connected components of the bond graph: label propagation
+(:func:`components`, all small open configs at once) and one ``scipy.sparse.csgraph.connected_components``
+over the bonds of the other configs (scipy is imported only when such configs exist), numbered within their
+config in order of first atom appearance (deterministic and permutation equivariant).
 
 Made whole: every atom gets an integer image shift ``n_i`` so that each bond ``(i, j, S)`` (ase's
 convention ``D = r_j - r_i + S @ cell``) satisfies ``n_j - n_i = S``; the shifts are accumulated along a
@@ -30,14 +33,18 @@ from dataclasses import dataclass
 
 import numpy as np
 from ase.data import chemical_symbols, covalent_radii, missing
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import breadth_first_order, connected_components
-from scipy.spatial import cKDTree
+
+# scipy (sparse graphs, cKDTree) is imported where needed: large and periodic configs only
 
 DEFAULT_COVALENT_SCALE = 1.2
 REASON_EXTENDED = "extended network (component bonds to its own periodic image)"
 REASON_SINGLE = "single molecule"
 REASON_EMPTY = "no atoms"
+#: Open-boundary configs with at most this many atoms: bonds from all atom pairs (numpy, configs of one atom
+#: count stacked), molecules by label propagation; larger or periodic configs: cKDTree and scipy's csgraph.
+SMALL_CONFIG_ATOMS = 64
+#: Atom pairs of small configs held at once (~100 bytes each: distances, cutoffs, indices).
+MAX_PAIRS = 1 << 19
 
 # Elements whose covalent radius ase does not know: the dummy X (Z = 0, placeholder 0.2 Å) and the
 # entries set to ase.data.missing (Bk onwards; Pa's real radius happens to equal that value too).
@@ -146,12 +153,39 @@ def _cutoff_table(covalent_scale: float, pair_overrides) -> np.ndarray:
 # --------------------------------------------------------------------------------------- bonds
 
 
+def _small_open_bonds(numbers, positions, ptr, configs, table):
+    """Bonds of small open-boundary ``configs`` from all their atom pairs: (i, j) global, i < j.
+
+    The configs of one atom count n are stacked (G, n, 3) and all n (n - 1) / 2 pairs of each are checked at
+    once, in chunks of configs holding at most about MAX_PAIRS pairs. Same criterion and same distances
+    (difference of the stored positions, then its norm) as :func:`_open_bonds`.
+    """
+    counts = np.diff(ptr)[configs]
+    parts_i, parts_j = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for n in np.unique(counts):
+        if n < 2:
+            continue
+        group = configs[counts == n]
+        a, b = np.triu_indices(n, 1)
+        step = max(1, MAX_PAIRS // len(a))
+        for s in range(0, len(group), step):
+            atoms = ptr[group[s:s + step], None] + np.arange(n)  # (G, n) global atom indices
+            pos, z = positions[atoms], numbers[atoms]
+            d = np.linalg.norm(pos[:, b] - pos[:, a], axis=-1)
+            g, p = np.nonzero(d <= table[z[:, a], z[:, b]])
+            parts_i.append(atoms[g, a[p]])
+            parts_j.append(atoms[g, b[p]])
+    return np.concatenate(parts_i), np.concatenate(parts_j)
+
+
 def _open_bonds(numbers, positions, ptr, configs, table):
     """Bonds of all open-boundary ``configs`` in one cKDTree: (i, j) global, i < j."""
     counts = np.diff(ptr)[configs]
     idx = np.concatenate([np.arange(ptr[c], ptr[c + 1]) for c in configs]) if len(configs) else np.zeros(0, int)
     if len(idx) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    from scipy.spatial import cKDTree
+
     z = numbers[idx]
     species = np.unique(z)
     r_max = float(table[np.ix_(species, species)].max())
@@ -226,6 +260,8 @@ def periodic_pairs(positions, cell, pbc, r_max: float, c_index=0):
     or a cutoff so large that more than MAX_IMAGE_CELLS image cells or MAX_GHOSTS ghosts would be searched
     raises ValueError naming the config and its heights.
     """
+    from scipy.spatial import cKDTree
+
     positions = np.asarray(positions, dtype=float)
     n = len(positions)
     per = np.asarray(pbc, dtype=bool)
@@ -294,6 +330,48 @@ def _periodic_bonds(numbers, positions, cell, pbc, table, c_index=0):
 # --------------------------------------------------------------------------------------- graph helpers
 
 
+def components(n_atoms: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Connected components of the graph with edges (i, j) on atoms 0 .. n_atoms - 1, by label propagation.
+
+    Returns (n_atoms,) int64: the smallest atom index of each atom's component (an atom without edges is its
+    own). Every round takes for each atom the smallest label among itself and its neighbours, then the
+    label of that label (pointer jumping: also an atom of the component), until nothing changes; all
+    graphs (configs) at once, O(edges) per round, about log2 of the longest path rounds.
+    """
+    label = np.arange(n_atoms, dtype=np.int64)
+    i = np.asarray(i, dtype=np.int64)
+    j = np.asarray(j, dtype=np.int64)
+    if len(i) == 0:
+        return label
+    while True:
+        new = label.copy()
+        np.minimum.at(new, i, label[j])
+        np.minimum.at(new, j, label[i])
+        new = new[new]
+        if np.array_equal(new, label):
+            return label
+        label = new
+
+
+def _component_labels(n_atoms: int, i: np.ndarray, j: np.ndarray, small_atom: np.ndarray) -> np.ndarray:
+    """Component label per atom (arbitrary values, distinct per component) from the bonds (i, j) (self-image
+    bonds ignored): :func:`components` for the atoms of small open configs (``small_atom``), scipy's
+    connected_components over the bonds of the others (imported only when they have bonds)."""
+    nonself = i != j
+    i, j = i[nonself], j[nonself]
+    fast = small_atom[i]  # a bond never joins two configs
+    label = components(n_atoms, i[fast], j[fast])
+    if not fast.all():
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        slow = ~fast
+        g = coo_matrix((np.ones(int(slow.sum()), dtype=np.int8), (i[slow], j[slow])), shape=(n_atoms, n_atoms))
+        _, other = connected_components(g, directed=False)
+        label = np.where(small_atom, label, n_atoms + other.astype(np.int64))
+    return label
+
+
 def _first_appearance_labels(labels: np.ndarray, atom_config: np.ndarray, n_cfg: int):
     """Relabel arbitrary global group labels to within-config indices in order of first atom appearance.
 
@@ -321,6 +399,9 @@ def _image_shifts(n_atoms: int, i: np.ndarray, j: np.ndarray, S: np.ndarray, roo
     One breadth-first search from a virtual super-root joined to every root (one csgraph call for all
     components), then the shifts are summed along the tree by pointer jumping (log2(depth) steps).
     """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import breadth_first_order
+
     shifts = np.zeros((n_atoms, 3), dtype=np.int64)
     nonself = i != j
     i, j, S = i[nonself], j[nonself], S[nonself]
@@ -359,9 +440,15 @@ def _hill_formulas(numbers: np.ndarray, glob: np.ndarray, n_mol_total: int) -> n
     if n_mol_total == 0:
         return np.zeros(0, dtype=str)
     species, zi = np.unique(numbers, return_inverse=True)
-    counts = np.zeros((n_mol_total, len(species)), dtype=np.int64)
-    np.add.at(counts, (glob, zi), 1)
-    comps, inv = np.unique(counts, axis=0, return_inverse=True)
+    counts = np.bincount(glob * len(species) + zi, minlength=n_mol_total * len(species))
+    counts = counts.reshape(n_mol_total, len(species)).astype(np.int64)
+    radix = int(counts.max()) + 1
+    if radix ** len(species) < 2**62:  # one integer per composition: a 1-d unique (fast) instead of rows
+        code = counts @ (radix ** np.arange(len(species), dtype=np.int64))
+        _, first, inv = np.unique(code, return_index=True, return_inverse=True)
+        comps = counts[first]
+    else:
+        comps, inv = np.unique(counts, axis=0, return_inverse=True)
     syms = [chemical_symbols[z] for z in species]
     texts = []
     for row in comps:
@@ -377,11 +464,18 @@ def _hill_formulas(numbers: np.ndarray, glob: np.ndarray, n_mol_total: int) -> n
 # --------------------------------------------------------------------------------------- core
 
 
+def _small_open_configs(ptr, pbc) -> np.ndarray:
+    """(n_configs,) bool: open boundary and at most SMALL_CONFIG_ATOMS atoms."""
+    return ~pbc.any(axis=1) & (np.diff(ptr) <= SMALL_CONFIG_ATOMS)
+
+
 def _bond_list(numbers, positions, ptr, cells, pbc, table):
     """All bonds of all configs: (i, j, S) global atom indices, image shifts (zero for open configs)."""
-    n_cfg = len(ptr) - 1
     periodic = pbc.any(axis=1)
-    i_open, j_open = _open_bonds(numbers, positions, ptr, np.nonzero(~periodic)[0], table)
+    small = _small_open_configs(ptr, pbc)
+    i_small, j_small = _small_open_bonds(numbers, positions, ptr, np.nonzero(small)[0], table)
+    i_open, j_open = _open_bonds(numbers, positions, ptr, np.nonzero(~periodic & ~small)[0], table)
+    i_open, j_open = np.r_[i_small, i_open], np.r_[j_small, j_open]
     parts_i, parts_j, parts_s = [i_open], [j_open], [np.zeros((len(i_open), 3), np.int64)]
     for c in np.nonzero(periodic)[0]:
         a, b = ptr[c], ptr[c + 1]
@@ -391,7 +485,6 @@ def _bond_list(numbers, positions, ptr, cells, pbc, table):
         parts_i.append(i + a)
         parts_j.append(j + a)
         parts_s.append(S)
-    del n_cfg
     return np.concatenate(parts_i), np.concatenate(parts_j), np.concatenate(parts_s)
 
 
@@ -440,9 +533,8 @@ def assign_molecules_batch(numbers, positions, ptr, cells, pbc, *, covalent_scal
     table = _cutoff_table(covalent_scale, pair_overrides)
 
     i, j, S = _bond_list(z, pos, p, cell, pb, table)
-    nonself = i != j
-    g = coo_matrix((np.ones(int(nonself.sum()), dtype=np.int8), (i[nonself], j[nonself])), shape=(n, n))
-    _, labels = connected_components(g, directed=False)
+    small_atom = _small_open_configs(p, pb)[atom_config]
+    labels = _component_labels(n, i, j, small_atom)
     molecule, n_mol, glob, first = _first_appearance_labels(labels, atom_config, n_cfg)
 
     periodic_atoms = pb.any(axis=1)[atom_config]
@@ -452,11 +544,12 @@ def assign_molecules_batch(numbers, positions, ptr, cells, pbc, *, covalent_scal
 
     formula = _hill_formulas(z, glob, int(n_mol.sum()))
     reason = _reasons(n_mol, extended, counts, covalent_scale, pair_overrides, z, i, j, pos, S, cell,
-                      atom_config, n)
+                      atom_config, small_atom)
     return MoleculeAssignment(molecule, n_mol, unwrapped, extended, formula, reason)
 
 
-def _reasons(n_mol, extended, counts, covalent_scale, pair_overrides, z, i, j, pos, S, cell, atom_config, n):
+def _reasons(n_mol, extended, counts, covalent_scale, pair_overrides, z, i, j, pos, S, cell, atom_config,
+             small_atom):
     """Per-config reason, with the molecule count at the default scale when the scale was raised."""
     reason = [""] * len(n_mol)
     joined = (n_mol <= 1) | extended
@@ -465,8 +558,7 @@ def _reasons(n_mol, extended, counts, covalent_scale, pair_overrides, z, i, j, p
         D = pos[j] - pos[i] + np.einsum("ek,ekl->el", S.astype(float), cell[atom_config[i]])
         d = np.linalg.norm(D, axis=1)
         default = (d <= _cutoff_table(DEFAULT_COVALENT_SCALE, None)[z[i], z[j]]) & (i != j)
-        g = coo_matrix((np.ones(int(default.sum()), np.int8), (i[default], j[default])), shape=(n, n))
-        _, lab = connected_components(g, directed=False)
+        lab = _component_labels(len(z), i[default], j[default], small_atom)
         _, _, _, first = _first_appearance_labels(lab, atom_config, len(n_mol))
         n_default = np.bincount(atom_config[first], minlength=len(n_mol))
     for c in np.nonzero(joined)[0]:
@@ -567,9 +659,7 @@ def molecules_from_key(mol_ids, ptr, positions=None, cells=None, pbc=None, *, nu
                 i, j, S = _bond_list(z, pos, p, cell, pb, _cutoff_table(covalent_scale, pair_overrides))
                 same = glob[i] == glob[j]
                 i, j, S = i[same], j[same], S[same]
-                nonself = i != j
-                g = coo_matrix((np.ones(int(nonself.sum()), np.int8), (i[nonself], j[nonself])), shape=(n, n))
-                _, lab = connected_components(g, directed=False)
+                lab = _component_labels(n, i, j, _small_open_configs(p, pb)[atom_config])
                 _, _, piece, piece_first = _first_appearance_labels(lab, atom_config, n_cfg)
                 unwrapped, consistent = _unwrap(pos, cell, atom_config, n, i, j, S, piece_first, periodic_atoms)
                 extended[atom_config[i[~consistent]]] = True

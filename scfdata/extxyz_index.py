@@ -1,0 +1,322 @@
+"""The index's pass over one extxyz file at numpy speed: frames, header keys, checkpoints and sha256 from a
+single read of the file, in chunks.
+
+Framing: per chunk, the line ends (``np.flatnonzero`` on the bytes), the blank lines, and the short lines
+that are a plain atom count (parsed as arrays) are found at once; a frame starts at such a line and the next
+one ``n_atoms + 2`` lines on (blank lines between frames skipped), so the frames of a chunk are its count
+lines that chain from one to the next: checked for all of them at once. Where the chain breaks (a count
+line that is not plain, a blank line inside a frame, a comment line that is only a number) that one frame
+is framed as :func:`scfdata.extxyz_reader.iter_spans` does, or, if it is malformed, read by
+:func:`scfdata.ingest.scan_extxyz` (which names the error), and the vectorised framing goes on after it.
+So the frames, their lines, offsets and errors are those of the line-by-line framing.
+
+Headers: each comment line's keys and column widths (:func:`scfdata.shards._header_keys`) are tallied per
+distinct *signature*: the comment with each value that is an unquoted run of number characters right after
+``=`` (``energy=-98.99``) cut to one newline byte (which no comment line holds). Two comments with the same
+signature differ only inside such values, which the key=value grammar reads as values whatever they hold:
+the same keys, and the same ``Properties`` widths unless ``Properties`` holds an ``=`` (such signatures, and
+comments that are not plain key=value text, are tallied frame by frame). So a file of 200k configs with a
+few key sets costs a few header parses, not 200k.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .extxyz_reader import _WHITESPACE, MAX_FRAME_ATOMS
+
+#: Bytes read per chunk (a frame larger than that doubles the read).
+CHUNK = 1 << 22
+#: Lines longer than this are never taken for a plain count line by the vectorised test (a padded count
+#: line is framed one by one instead).
+_COUNT_WIDTH = 24
+_DIGIT = np.zeros(256, bool)
+_DIGIT[list(b"0123456789")] = True
+#: Characters of a number value: digits, sign, point, exponent.
+_NUMBER = _DIGIT.copy()
+_NUMBER[list(b"+-.eE")] = True
+_POW10 = 10 ** np.arange(19, dtype=np.int64)
+_NL, _EQ = 10, ord("=")
+
+
+def _line_bounds(raw: np.ndarray, eof: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (offset of the newline) of every complete line; at the end of the file the last line
+    needs no newline."""
+    ends = np.flatnonzero(raw == _NL)
+    if eof and len(raw) and raw[-1] != _NL:
+        ends = np.append(ends, len(raw))
+    starts = np.empty_like(ends)
+    starts[:1] = 0
+    starts[1:] = ends[:-1] + 1
+    return starts, ends
+
+
+def _blank_lines(raw: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Whether each line is whitespace only: the lines that start with whitespace (or are empty) are checked
+    by windows of growing width (8, 16, ... bytes), all at once."""
+    blank = np.zeros(len(starts), bool)
+    if not len(starts):
+        return blank
+    last = len(raw) - 1
+    cand = np.flatnonzero(_WHITESPACE[raw[np.minimum(starts, last)]] | (starts == ends))
+    lo, hi, width = starts[cand], ends[cand], 8
+    while len(cand):
+        at = lo[:, None] + np.arange(width)
+        text = ~_WHITESPACE[raw[np.minimum(at, last)]] & (at < hi[:, None])
+        found = text.any(axis=1)
+        done = found | (lo + width >= hi)
+        blank[cand[done & ~found]] = True
+        cand, lo, hi, width = cand[~done], lo[~done] + width, hi[~done], width * 2
+    return blank
+
+
+def _count_lines(raw: np.ndarray, starts: np.ndarray, ends: np.ndarray, blank: np.ndarray):
+    """(lines, counts): the lines of at most _COUNT_WIDTH bytes that are one run of at most 18 digits between
+    whitespace, and the number each holds."""
+    short = np.flatnonzero((ends - starts <= _COUNT_WIDTH) & ~blank)
+    if not len(short):
+        return short, short
+    at = starts[short, None] + np.arange(_COUNT_WIDTH)
+    inside = at < ends[short, None]
+    text = raw[np.minimum(at, len(raw) - 1)]
+    digit = _DIGIT[text] & inside
+    plain = (digit | _WHITESPACE[text] | ~inside).all(axis=1)
+    runs = (digit[:, 1:] & ~digit[:, :-1]).sum(axis=1) + digit[:, 0]
+    n_digits = digit.sum(axis=1)
+    ok = plain & (runs == 1) & (n_digits <= 18)
+    place = np.cumsum(digit[:, ::-1], axis=1)[:, ::-1] - 1  # digits to the right of each digit
+    values = np.where(digit, (text.astype(np.int64) - 48) * _POW10[np.clip(place, 0, 18)], 0).sum(axis=1)
+    return short[ok], values[ok]
+
+
+@dataclass
+class _Chunk:
+    """The frames of one buffer: per frame framed by :class:`_Framer` (in file order), index, line in the
+    buffer; frames read by scan_extxyz come as FrameText in ``others``."""
+
+    index: list = field(default_factory=list)
+    line: list = field(default_factory=list)
+    others: list = field(default_factory=list)
+
+
+class _Framer:
+    """Frames of one buffer (see the module docstring); :meth:`frame` returns how far it got."""
+
+    def __init__(self, path, raw: np.ndarray, eof: bool):
+        self.path, self.raw, self.eof = path, raw, eof
+        self.starts, self.ends = _line_bounds(raw, eof)
+        self.n_lines = len(self.ends)
+        self.blank = _blank_lines(raw, self.starts, self.ends)
+        self.nonblank = np.flatnonzero(~self.blank)
+        self._nonblank_or_end = np.append(self.nonblank, self.n_lines)
+        self.blank_before = np.concatenate([[0], np.cumsum(self.blank)])
+        d, nat = _count_lines(raw, self.starts, self.ends, self.blank)
+        last = d + nat + 1
+        complete = last < self.n_lines
+        cut = np.minimum(last + 1, self.n_lines)
+        inner_blank = self.blank_before[cut] - self.blank_before[np.minimum(d + 2, self.n_lines)] > 0
+        ok = (nat > 0) & (nat <= MAX_FRAME_ATOMS) & complete & ~inner_blank
+        self.nxt = self._next_nonblank(cut)
+        linked = np.zeros(len(d), bool)
+        linked[1:] = self.nxt[:-1] == d[1:]
+        self.d, self.nat, self.ok = d, nat, ok
+        self.bad_ok, self.bad_link = np.flatnonzero(~ok), np.flatnonzero(~linked)
+
+    def _next_nonblank(self, k):
+        """First non-blank line at or after line(s) k (n_lines: none)."""
+        return self._nonblank_or_end[np.searchsorted(self.nonblank, k)]
+
+    def frame(self, out: _Chunk, index: int, line_base: int, pos: int):
+        """Frame from the buffer's start. Returns (status, lines consumed, bytes consumed, next index, skip):
+        status "more" (read more before going on), "done" (end of file), "skip" (a frame read by scan_extxyz
+        ends past the buffer: go on at file offset ``skip``, line ``lines consumed``)."""
+        from .ingest import scan_extxyz  # noqa: PLC0415 (the line-by-line scanner names malformed frames)
+
+        k = 0
+        d, n_lines = self.d, self.n_lines
+        while True:
+            ks = int(self._next_nonblank(k))
+            if ks >= n_lines:  # no complete line left but blank ones
+                status = "done" if self.eof else "more"
+                return status, n_lines, (int(self.ends[-1]) + 1 if n_lines else 0), index, None
+            i0 = int(np.searchsorted(d, ks))
+            if i0 < len(d) and d[i0] == ks and self.ok[i0]:
+                a = np.searchsorted(self.bad_ok, i0)
+                b = np.searchsorted(self.bad_link, i0 + 1)
+                p = min(int(self.bad_ok[a]) if a < len(self.bad_ok) else len(d),
+                        int(self.bad_link[b]) if b < len(self.bad_link) else len(d))
+                out.index.append(np.arange(index, index + p - i0))
+                out.line.append(d[i0:p])
+                index += p - i0
+                k = int(d[p - 1] + self.nat[p - 1] + 2)
+                continue
+            s, e = int(self.starts[ks]), int(self.ends[ks])
+            head = self.raw[s:e].tobytes().strip()
+            if head.isdigit() and 0 < int(head) <= MAX_FRAME_ATOMS:
+                last = ks + int(head) + 1
+                if last >= n_lines and not self.eof:
+                    return "more", ks, s, index, None
+                if last < n_lines and self.blank_before[last + 1] - self.blank_before[ks + 2] == 0:
+                    out.index.append(np.array([index]))
+                    out.line.append(np.array([ks]))
+                    index += 1
+                    k = last + 1
+                    continue
+            frame = next(scan_extxyz(self.path, offset=pos + s, line=line_base + ks, index=index))
+            out.others.append(frame)
+            index += 1
+            end = frame.end - pos
+            k = int(np.searchsorted(self.starts, end))
+            if k >= n_lines or self.starts[k] != end:  # the frame ends past the complete lines
+                return "skip", frame.line + frame.n_atoms + 2 - line_base, len(self.raw), index, frame.end
+
+
+def _signatures(raw: np.ndarray, cs: np.ndarray, ce: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The signature of each comment raw[cs:ce] (module docstring), as (bytes, offsets, lengths)."""
+    lens = ce - cs
+    seg = np.zeros(len(lens) + 1, np.int64)
+    np.cumsum(lens, out=seg[1:])
+    total = int(seg[-1])
+    if total == 0:
+        return np.zeros(0, np.uint8), seg[:-1], lens
+    text = raw[np.arange(total) + np.repeat(cs - seg[:-1], lens)]
+    first = np.zeros(total, bool)
+    first[seg[:-1][lens > 0]] = True
+    final = np.zeros(total, bool)
+    final[seg[1:][lens > 0] - 1] = True
+    num = _NUMBER[text]
+    prev_num = np.zeros(total, bool)
+    prev_num[1:] = num[:-1] & ~first[1:]
+    next_num = np.zeros(total, bool)
+    next_num[:-1] = num[1:] & ~final[:-1]
+    run_a, run_b = np.flatnonzero(num & ~prev_num), np.flatnonzero(num & ~next_num)
+    after_eq = ~first[run_a] & (text[np.maximum(run_a - 1, 0)] == _EQ)
+    before_ws = final[run_b] | _WHITESPACE[text[np.minimum(run_b + 1, total - 1)]]
+    value = after_eq & before_ws
+    run_a, run_b = run_a[value], run_b[value]
+    cut = np.zeros(total + 1, np.int32)
+    cut[run_a + 1] += 1
+    cut[run_b + 1] -= 1
+    keep = np.cumsum(cut[:-1]) == 0
+    text[run_a] = _NL
+    kept = np.zeros(total + 1, np.int64)
+    np.cumsum(keep, out=kept[1:])
+    return text[keep], kept[seg[:-1]], kept[seg[1:]] - kept[seg[:-1]]
+
+
+class _HeaderTally:
+    """Keys, column counts and first frames of the headers, as :func:`scfdata.shards.scan_input` adds them
+    frame by frame: fed per signature group (first frame, count) or per frame, replayed in frame order."""
+
+    def __init__(self, header_keys):
+        self.header_keys = header_keys
+        self.groups: dict[bytes, list] = {}  # signature -> [first frame, count, keys, widths]; None: by frame
+        self.frames: list = []  # (frame, keys, widths) of frames tallied one by one
+
+    def add_comments(self, raw: np.ndarray, frames: np.ndarray, cs: np.ndarray, ce: np.ndarray) -> None:
+        text, offsets, lengths = _signatures(raw, cs, ce)
+        for length in np.unique(lengths).tolist():
+            sel = np.flatnonzero(lengths == length)
+            rows = text[offsets[sel, None] + np.arange(length)] if length else np.zeros((len(sel), 0), np.uint8)
+            rows = np.ascontiguousarray(rows).view(f"V{max(length, 1)}").ravel() if length else \
+                np.zeros(len(sel), "V1")
+            distinct, first, inverse, counts = np.unique(rows, return_index=True, return_inverse=True,
+                                                         return_counts=True)
+            for j, sig in enumerate(distinct.tolist()):
+                sig = bytes(sig)[:length]
+                at = sel[first[j]]
+                group = self.groups.get(sig, ())
+                if group == ():
+                    group = self._group(raw[cs[at]:ce[at]].tobytes(), int(frames[at]))
+                    self.groups[sig] = group
+                if group is None:
+                    for m in sel[inverse.ravel() == j].tolist():
+                        self.add_frame(int(frames[m]), raw[cs[m]:ce[m]].tobytes())
+                else:
+                    group[1] += int(counts[j])
+
+    def _group(self, comment: bytes, frame: int):
+        """[frame, 0, keys, widths] for a new signature, None when its frames need tallying one by one."""
+        from .shards import _comment_keys  # noqa: PLC0415
+
+        info = _comment_keys(comment.decode("utf-8", errors="replace").strip())
+        if info is None or "=" in info.get("Properties", ""):
+            return None
+        return [frame, 0, *self.header_keys(comment)]
+
+    def add_frame(self, frame: int, comment: bytes) -> None:
+        self.frames.append((frame, *self.header_keys(comment), 1))
+
+    def result(self) -> tuple[set, dict, dict]:
+        events = [(g[0], g[2], g[3], g[1]) for g in self.groups.values() if g is not None] + self.frames
+        keys: set[str] = set()
+        columns: dict[str, dict[str, int]] = {}
+        first: dict[str, dict[str, int]] = {}
+        for frame, frame_keys, widths, count in sorted(events, key=lambda e: e[0]):
+            keys.update(frame_keys)
+            for key, w in widths.items():
+                per = columns.setdefault(key, {})
+                per[str(w)] = per.get(str(w), 0) + count
+                first.setdefault(key, {}).setdefault(str(w), frame)
+        return keys, columns, first
+
+
+def index_extxyz(path: str | os.PathLike, every: int, header_keys, chunk: int = CHUNK) -> dict:
+    """``{"sha256", "n_frames", "keys", "columns", "first_frames", "checkpoints"}`` of an extxyz file (as
+    :func:`scfdata.shards.scan_input` returns them), from one read in chunks of ``chunk`` bytes;
+    ``header_keys(comment) -> (keys, widths)``; a checkpoint every ``every`` frames."""
+    sha = hashlib.sha256()
+    tally = _HeaderTally(header_keys)
+    checkpoints = []
+    buf, pos, line_base, index, skip, eof, size = b"", 0, 1, 0, None, False, chunk
+    with open(path, "rb") as fh:
+        while True:
+            data = fh.read(size)
+            sha.update(data)
+            eof = eof or not data
+            if skip is not None:  # the bytes before `skip` are in a frame already read
+                if pos + len(data) <= skip:
+                    pos += len(data)
+                    if eof:
+                        break
+                    continue
+                data, pos, skip = data[skip - pos:], skip, None
+            buf += data
+            framer = _Framer(path, np.frombuffer(buf, np.uint8), eof)
+            out = _Chunk()
+            status, lines, used, index_after, skip = framer.frame(out, index, line_base, pos)
+            _collect(framer, out, tally, checkpoints, every, line_base, pos)
+            size = size * 2 if status == "more" and index_after == index else chunk
+            index = index_after
+            line_base += lines
+            if status == "done":
+                break
+            if status == "skip" and skip - pos <= len(buf):  # it ends in the partial line at the end
+                buf, pos, skip = buf[skip - pos:], skip, None
+            elif status == "skip":
+                buf, pos = b"", pos + len(buf)
+            else:
+                buf, pos = buf[used:], pos + used
+    keys, columns, first = tally.result()
+    checkpoints.sort()
+    return {"sha256": sha.hexdigest(), "n_frames": index, "keys": sorted(keys), "columns": columns,
+            "first_frames": first, "checkpoints": checkpoints}
+
+
+def _collect(framer: _Framer, out: _Chunk, tally: _HeaderTally, checkpoints: list, every: int, line_base: int,
+             pos: int) -> None:
+    """Tally the headers and take the checkpoints of the frames of one buffer."""
+    if out.index:
+        frames, lines = np.concatenate(out.index), np.concatenate(out.line)
+        tally.add_comments(framer.raw, frames, framer.starts[lines + 1], framer.ends[lines + 1])
+        at = np.flatnonzero(frames % every == 0)
+        checkpoints += np.stack([frames[at], pos + framer.starts[lines[at]], line_base + lines[at]],
+                                axis=1).tolist()
+    for frame in out.others:
+        tally.add_frame(frame.index, frame.comment)
+        if frame.index % every == 0:
+            checkpoints.append([frame.index, frame.offset, frame.line])

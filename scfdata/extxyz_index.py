@@ -11,18 +11,21 @@ is framed as :func:`scfdata.extxyz_reader.iter_spans` does, or, if it is malform
 So the frames, their lines, offsets and errors are those of the line-by-line framing.
 
 Headers: each comment line's keys and column widths (:func:`scfdata.shards._header_keys`) are tallied per
-distinct *signature*: the comment with each value that is an unquoted run of number characters right after
-``=`` (``energy=-98.99``) cut to one newline byte (which no comment line holds). Two comments with the same
-signature differ only inside such values, which the key=value grammar reads as values whatever they hold:
-the same keys, and the same ``Properties`` widths unless ``Properties`` holds an ``=`` (such signatures, and
-comments that are not plain key=value text, are tallied frame by frame). So a file of 200k configs with a
-few key sets costs a few header parses, not 200k.
+distinct *signature*: the comment with each value that is a run of number characters right after ``=`` and
+before whitespace or the line end (``energy=-98.99``) cut to one ``#``. Comments with the same signature differ
+only at such places, each right after an ``=`` and holding a number or ``#``: characters the key=value grammar
+reads as plain value text, where a key cannot start. So they have the same keys, and the same ``Properties``
+widths unless ``Properties`` holds an ``=`` (such signatures, and comments that are not plain key=value text,
+go through frame by frame). A file of 200k configs with a few key sets costs a few header parses, not 200k.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import queue
+import threading
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +42,7 @@ _DIGIT[list(b"0123456789")] = True
 #: Characters of a number value: digits, sign, point, exponent.
 _NUMBER = _DIGIT.copy()
 _NUMBER[list(b"+-.eE")] = True
+_HASH = ord("#")
 _POW10 = 10 ** np.arange(19, dtype=np.int64)
 _NL, _EQ = 10, ord("=")
 
@@ -175,37 +179,28 @@ class _Framer:
                 return "skip", frame.line + frame.n_atoms + 2 - line_base, len(self.raw), index, frame.end
 
 
-def _signatures(raw: np.ndarray, cs: np.ndarray, ce: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The signature of each comment raw[cs:ce] (module docstring), as (bytes, offsets, lengths)."""
-    lens = ce - cs
+def _signatures(raw: np.ndarray, cs: np.ndarray, ce: np.ndarray) -> list[bytes]:
+    """The signature of each comment raw[cs:ce] (module docstring): after each ``=``, a run of number
+    characters that ends the comment or is followed by whitespace is cut to one ``#``. Vectorised over the
+    comments, which are gathered with their line ends: the joined signatures are split at those."""
+    lens = ce - cs + 1
     seg = np.zeros(len(lens) + 1, np.int64)
     np.cumsum(lens, out=seg[1:])
     total = int(seg[-1])
-    if total == 0:
-        return np.zeros(0, np.uint8), seg[:-1], lens
     text = raw[np.arange(total) + np.repeat(cs - seg[:-1], lens)]
-    first = np.zeros(total, bool)
-    first[seg[:-1][lens > 0]] = True
-    final = np.zeros(total, bool)
-    final[seg[1:][lens > 0] - 1] = True
-    num = _NUMBER[text]
-    prev_num = np.zeros(total, bool)
-    prev_num[1:] = num[:-1] & ~first[1:]
-    next_num = np.zeros(total, bool)
-    next_num[:-1] = num[1:] & ~final[:-1]
-    run_a, run_b = np.flatnonzero(num & ~prev_num), np.flatnonzero(num & ~next_num)
-    after_eq = ~first[run_a] & (text[np.maximum(run_a - 1, 0)] == _EQ)
-    before_ws = final[run_b] | _WHITESPACE[text[np.minimum(run_b + 1, total - 1)]]
-    value = after_eq & before_ws
-    run_a, run_b = run_a[value], run_b[value]
-    cut = np.zeros(total + 1, np.int32)
-    cut[run_a + 1] += 1
-    cut[run_b + 1] -= 1
-    keep = np.cumsum(cut[:-1]) == 0
-    text[run_a] = _NL
-    kept = np.zeros(total + 1, np.int64)
-    np.cumsum(keep, out=kept[1:])
-    return text[keep], kept[seg[:-1]], kept[seg[1:]] - kept[seg[:-1]]
+    eq = np.flatnonzero(text == _EQ)
+    if len(eq):
+        other = np.flatnonzero(~_NUMBER[text])  # (each line end is one: a run never leaves its comment)
+        stop = other[np.searchsorted(other, eq + 1)]
+        cut = (stop > eq + 1) & _WHITESPACE[text[stop]]
+        eq, drop = eq[cut], (stop - eq - 2)[cut]
+        text[eq + 1] = _HASH
+        n_drop = int(drop.sum())
+        if n_drop:
+            keep = np.ones(total, bool)
+            keep[np.repeat(eq + 2 - (np.cumsum(drop) - drop), drop) + np.arange(n_drop)] = False
+            text = text[keep]
+    return text.tobytes().split(b"\n")[:-1]
 
 
 class _HeaderTally:
@@ -218,26 +213,17 @@ class _HeaderTally:
         self.frames: list = []  # (frame, keys, widths) of frames tallied one by one
 
     def add_comments(self, raw: np.ndarray, frames: np.ndarray, cs: np.ndarray, ce: np.ndarray) -> None:
-        text, offsets, lengths = _signatures(raw, cs, ce)
-        for length in np.unique(lengths).tolist():
-            sel = np.flatnonzero(lengths == length)
-            rows = text[offsets[sel, None] + np.arange(length)] if length else np.zeros((len(sel), 0), np.uint8)
-            rows = np.ascontiguousarray(rows).view(f"V{max(length, 1)}").ravel() if length else \
-                np.zeros(len(sel), "V1")
-            distinct, first, inverse, counts = np.unique(rows, return_index=True, return_inverse=True,
-                                                         return_counts=True)
-            for j, sig in enumerate(distinct.tolist()):
-                sig = bytes(sig)[:length]
-                at = sel[first[j]]
-                group = self.groups.get(sig, ())
-                if group == ():
-                    group = self._group(raw[cs[at]:ce[at]].tobytes(), int(frames[at]))
-                    self.groups[sig] = group
-                if group is None:
-                    for m in sel[inverse.ravel() == j].tolist():
-                        self.add_frame(int(frames[m]), raw[cs[m]:ce[m]].tobytes())
-                else:
-                    group[1] += int(counts[j])
+        sigs = _signatures(raw, cs, ce)
+        for sig, count in Counter(sigs).items():
+            group = self.groups.get(sig, ())
+            if group == ():
+                at = sigs.index(sig)
+                group = self.groups[sig] = self._group(raw[cs[at]:ce[at]].tobytes(), int(frames[at]))
+            if group is not None:
+                group[1] += count
+                continue
+            for m in np.flatnonzero(np.array(sigs, dtype=object) == sig).tolist():
+                self.add_frame(int(frames[m]), raw[cs[m]:ce[m]].tobytes())
 
     def _group(self, comment: bytes, frame: int):
         """[frame, 0, keys, widths] for a new signature, None when its frames need tallying one by one."""
@@ -269,14 +255,34 @@ def index_extxyz(path: str | os.PathLike, every: int, header_keys, chunk: int = 
     """``{"sha256", "n_frames", "keys", "columns", "first_frames", "checkpoints"}`` of an extxyz file (as
     :func:`scfdata.shards.scan_input` returns them), from one read in chunks of ``chunk`` bytes;
     ``header_keys(comment) -> (keys, widths)``; a checkpoint every ``every`` frames."""
-    sha = hashlib.sha256()
+    sha, pending = hashlib.sha256(), queue.SimpleQueue()
+    hasher = threading.Thread(target=_hash_all, args=(sha, pending), daemon=True)
+    hasher.start()  # (hashlib lets go of the GIL: the sha256 runs beside the framing)
+    try:
+        tally, checkpoints, index = _frame_file(path, every, header_keys, chunk, pending.put)
+    finally:
+        pending.put(None)
+        hasher.join()
+    keys, columns, first = tally.result()
+    checkpoints.sort()
+    return {"sha256": sha.hexdigest(), "n_frames": index, "keys": sorted(keys), "columns": columns,
+            "first_frames": first, "checkpoints": checkpoints}
+
+
+def _hash_all(sha, pending: queue.SimpleQueue) -> None:
+    while (data := pending.get()) is not None:
+        sha.update(data)
+
+
+def _frame_file(path, every: int, header_keys, chunk: int, read_bytes) -> tuple[_HeaderTally, list, int]:
+    """Frame a file in chunks (each chunk read is also given to ``read_bytes``): (tally, checkpoints, frames)."""
     tally = _HeaderTally(header_keys)
     checkpoints = []
     buf, pos, line_base, index, skip, eof, size = b"", 0, 1, 0, None, False, chunk
     with open(path, "rb") as fh:
         while True:
             data = fh.read(size)
-            sha.update(data)
+            read_bytes(data)
             eof = eof or not data
             if skip is not None:  # the bytes before `skip` are in a frame already read
                 if pos + len(data) <= skip:
@@ -285,7 +291,7 @@ def index_extxyz(path: str | os.PathLike, every: int, header_keys, chunk: int = 
                         break
                     continue
                 data, pos, skip = data[skip - pos:], skip, None
-            buf += data
+            buf = buf + data if buf else data
             framer = _Framer(path, np.frombuffer(buf, np.uint8), eof)
             out = _Chunk()
             status, lines, used, index_after, skip = framer.frame(out, index, line_base, pos)
@@ -301,10 +307,7 @@ def index_extxyz(path: str | os.PathLike, every: int, header_keys, chunk: int = 
                 buf, pos = b"", pos + len(buf)
             else:
                 buf, pos = buf[used:], pos + used
-    keys, columns, first = tally.result()
-    checkpoints.sort()
-    return {"sha256": sha.hexdigest(), "n_frames": index, "keys": sorted(keys), "columns": columns,
-            "first_frames": first, "checkpoints": checkpoints}
+    return tally, checkpoints, index
 
 
 def _collect(framer: _Framer, out: _Chunk, tally: _HeaderTally, checkpoints: list, every: int, line_base: int,

@@ -53,7 +53,10 @@ def _header_keys(comment: bytes) -> tuple[set[str], dict[str, int]]:
             info = key_val_str_to_dict(line)
         except Exception:  # not key=value text: a plain xyz comment (ase keeps it as `comment`)
             return {"comment"}, {}
-    props = str(info.pop("Properties", "") or "species:S:1:pos:R:3").strip("\"'{}[]").split(":")
+    props = info.pop("Properties", "")
+    if isinstance(props, np.ndarray):  # ase's parser read a list of numbers: no column names (was a crash)
+        props = " ".join(map(str, props.ravel()))
+    props = str(props or "species:S:1:pos:R:3").strip("\"'{}[]").split(":")
     widths = {}
     for k in range(0, len(props) - 2, 3):
         try:

@@ -77,6 +77,7 @@ ODD_COMMENTS = [
     "Properties=species:S:1:pos:R:3 E=-1.5 Q=0",
     "Properties=species:S:1:pos:R:3 E=-1.25e-3 Q=1 config_type=w_7",
     "E=2 Q=-0",  # no Properties: the default columns
+    "E=# Q=#",  # the signature of the one above
     "",  # blank comment line
     "42",  # a comment that is a count
     "   7   ",
@@ -149,13 +150,14 @@ def test_many_frames_with_few_key_sets_count_exactly(tmp_path, every_4):
 
 
 def test_signatures_cut_only_number_values_after_an_equals_sign():
-    comments = [b"E=-1.5 Q=2 t=w_7", b"E=3e-4 Q=12 t=w_7", b"E=1 Q=2 t=w_8", b"E=1 5=2 t=w_7", b'a="b=5 c"', b"x=5y"]
-    raw = np.frombuffer(b"".join(comments), np.uint8)
-    ends = np.cumsum([len(c) for c in comments])
-    text, offsets, lengths = _signatures(raw, ends - [len(c) for c in comments], ends)
-    sig = [text[o:o + n].tobytes() for o, n in zip(offsets, lengths)]
-    assert sig == [b"E=\n Q=\n t=w_7", b"E=\n Q=\n t=w_7", b"E=\n Q=\n t=w_8", b"E=\n 5=\n t=w_7",
-                   b'a="b=\n c"', b"x=5y"]
+    comments = [b"E=-1.5 Q=2 t=w_7", b"E=3e-4 Q=12 t=w_7\r", b"E=1 Q=2 t=w_8", b"E=1 5=2 t=w_7", b'a="b=5 c"',
+                b"x=5y", b"x=# y=" + b"1" * 30, b""]
+    raw = np.frombuffer(b"\n".join(comments) + b"\n", np.uint8)
+    ce = np.flatnonzero(raw == 10)
+    cs = np.concatenate([[0], ce[:-1] + 1])
+    assert _signatures(raw, cs, ce) == [b"E=# Q=# t=w_7", b"E=# Q=# t=w_7\r",
+                                        b"E=# Q=# t=w_8", b"E=# 5=# t=w_7", b'a="b=# c"', b"x=5y",
+                                        b"x=# y=#", b""]
 
 
 def test_hostile_fuzz_cases_scan_as_frame_by_frame(tmp_path, every_4):
@@ -175,3 +177,21 @@ def test_a_frame_larger_than_the_chunk(tmp_path, every_4):
     src = tmp_path / "big.xyz"
     src.write_text("".join(f"{n}\nE={n}\n" + "H 0.0 0.0 0.0\n" * n for n in (1, 500, 2, 3000, 1)))
     assert json.loads(_same(src, chunks=(CHUNK, 64, 1000)))["n_frames"] == 5
+
+
+def test_random_key_value_comments_scan_as_frame_by_frame(tmp_path, every_4):
+    """Comments drawn from pieces that could fool the signature (numbers and '#' next to '=', keys with digits,
+    '=' inside quotes and Properties, unclosed quotes): the same keys, counts and first frames."""
+    rng = np.random.default_rng(11)
+    keys = ["E", "Q", "x2", "5", "Properties", "config_type", "a#", "e"]
+    values = ["-1.5", "2", "#", "1e-3", "+.5", "e", '"x=5 y"', "{1 2}", "[3,4]", "w_7", "=5", "",
+              "species:S:1:pos:R:3", "species:S:1:pos:R:3:M:R:4", "species:S:1:pos:R:3:M=1:R:2", '"unclosed']
+    seps = ["=", "=", "= ", " = "]
+    parts = []
+    for _ in range(600):
+        pairs = [f"{rng.choice(keys)}{rng.choice(seps)}{rng.choice(values)}" if rng.random() < 0.9
+                 else str(rng.choice(keys)) for _ in range(int(rng.integers(0, 5)))]
+        parts.append(FRAME.format(comment=" ".join(pairs)))
+    src = tmp_path / "random.xyz"
+    src.write_text("".join(parts))
+    _same(src, chunks=(CHUNK, 300))

@@ -83,6 +83,10 @@ def index_input(path: str | os.PathLike, fmt: str | None = None, parser: str = "
         digest = scan.pop("sha256")
     else:
         scan, digest = scan_input(path, fmt, parser), sha256(path)
+    after = os.stat(path)
+    if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+        raise IngestError(f"{path}: changed while `scfdata index` read it ({st.st_size} bytes before, "
+                          f"{after.st_size} after); rerun `scfdata index` once the file is complete")
     return {"path": str(path), "sha256": digest, **scan, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 

@@ -80,3 +80,25 @@ def test_an_index_without_them_is_taken_as_it_is(indexed):
     index.write_text(json.dumps(data))
     src.touch()
     assert _shard(index, src.parent / "s1.h5").returncode == 0
+
+
+def test_a_file_written_while_it_is_indexed_is_refused(tmp_path, monkeypatch):
+    """(The index reads the file once: a file still being written gives no index.)"""
+    from scfdata import shards
+    from scfdata.ingest import IngestError
+
+    src = tmp_path / "frames.extxyz"
+    src.write_bytes(WATER.read_bytes())
+    scan = shards.index_extxyz
+
+    def scan_then_append(path, *args, **kw):
+        out = scan(path, *args, **kw)
+        with open(path, "ab") as fh:
+            fh.write(WATER.read_bytes()[:500])
+        return out
+
+    monkeypatch.setattr(shards, "index_extxyz", scan_then_append)
+    size = src.stat().st_size
+    with pytest.raises(IngestError, match=f"changed while `scfdata index` read it \\({size} bytes before, "
+                                          f"{size + 500} after\\); rerun"):
+        shards.index_input(src)

@@ -18,14 +18,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..h5io import StreamWriter
 from ..ingest import PARSERS, IngestError, check_input_file, check_keys_found, ingest, is_extxyz, sha256
 from ..keys import KeyMapping, load_yaml, mapping_for_dataset
-from ..provenance import versions
 from ..shards import index_input, plan_shards
 from ..validate import ValidationOptions
 from . import json_file, json_option
+
+if TYPE_CHECKING:
+    from ..h5io import StreamWriter
 
 log = logging.getLogger("scfdata.ingest")
 
@@ -301,6 +303,9 @@ def check_unchanged(entry: dict, index_path: str) -> None:
 
 
 def run_ingest(args) -> int:
+    from ..h5io import StreamWriter  # noqa: PLC0415 (h5py and the package metadata: not for `scfdata index`)
+    from ..provenance import versions  # noqa: PLC0415
+
     settings, mapping = _settings_mapping(args)
     if mapping is None:
         mapping = mapping_for_dataset(settings, where="dataset")

@@ -187,11 +187,14 @@ def _signatures(raw: np.ndarray, cs: np.ndarray, ce: np.ndarray) -> list[bytes]:
     seg = np.zeros(len(lens) + 1, np.int64)
     np.cumsum(lens, out=seg[1:])
     total = int(seg[-1])
-    text = raw[np.arange(total) + np.repeat(cs - seg[:-1], lens)]
+    small = np.int32 if len(raw) < 2**31 else np.int64
+    text = raw[np.arange(total, dtype=small) + np.repeat((cs - seg[:-1]).astype(small), lens)]
     eq = np.flatnonzero(text == _EQ)
     if len(eq):
-        other = np.flatnonzero(~_NUMBER[text])  # (each line end is one: a run never leaves its comment)
-        stop = other[np.searchsorted(other, eq + 1)]
+        num = _NUMBER[text]
+        run_end = np.flatnonzero(num[:-1] & ~num[1:])  # (each comment ends in a line end: no run leaves it)
+        stop = np.where(num[eq + 1], run_end[np.minimum(np.searchsorted(run_end, eq + 1), len(run_end) - 1)]
+                        + 1, eq + 1) if len(run_end) else eq + 1
         cut = (stop > eq + 1) & _WHITESPACE[text[stop]]
         eq, drop = eq[cut], (stop - eq - 2)[cut]
         text[eq + 1] = _HASH

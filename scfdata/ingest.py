@@ -15,7 +15,6 @@ switched-off target is never a zero target and never dilutes a mean.
 
 from __future__ import annotations
 
-import difflib
 import gc
 import hashlib
 import io
@@ -32,6 +31,7 @@ import numpy as np
 from . import fields
 from .columns import Columns, concat
 from .extxyz_reader import MAX_FRAME_ATOMS, CParser, FramingError, iter_spans
+from .ingest_errors import IngestError, check_keys_found  # noqa: F401 (re-exported: their old home)
 from .keys import KeyMapping
 from .reference.dipoles import dipole_mask_from_pbc
 from .validate import (
@@ -48,10 +48,6 @@ log = logging.getLogger("scfdata.ingest")
 
 #: Mapped names that are read but not stored as a field of their own.
 _CONVERTED = {"atomic_dipoles"}
-
-
-class IngestError(ValueError):
-    """The input cannot be ingested (unreadable file, mapped key absent everywhere, on_error=raise)."""
 
 
 def sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
@@ -655,22 +651,3 @@ def _note(result: IngestResult, path, frame_index: int, notes: list[str]) -> Non
         log.warning("%s: frame %d: %s", path, frame_index, note)
         kind = note.split(":", 1)[0]
         result.notes[kind] = result.notes.get(kind, 0) + 1
-
-
-def check_keys_found(coverage: dict[str, int], keys_seen: set[str], mapping: KeyMapping,
-                     where: str) -> None:
-    """A mapped key absent from every frame is a typo: an error with a did-you-mean."""
-    missing = []
-    for name, key, _ in mapping.items():
-        target = "atomic_multipoles" if name == "atomic_dipoles" else name
-        if key in keys_seen or coverage.get(target, 0) > 0:
-            continue
-        hint = difflib.get_close_matches(key, sorted(keys_seen), n=1, cutoff=0.5)
-        missing.append(
-            f"{name} -> {key!r} is in no frame" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-        )
-    if missing:
-        raise IngestError(
-            f"{where}: mapped keys absent from every frame: " + "; ".join(missing)
-            + f". Keys present in the frames: {', '.join(sorted(keys_seen))}. Fix the key mapping."
-        )

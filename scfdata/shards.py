@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .extxyz_index import CHUNK, index_extxyz
 from .extxyz_reader import COLUMN_NAMES
-from .ingest import IngestError, check_input_file, is_extxyz, iter_extxyz_spans, keys_of, scan_extxyz
+from .ingest import IngestError, check_input_file, is_extxyz, keys_of, scan_extxyz, sha256
 
 #: Frames between the index's checkpoints (frame, byte offset, line): a shard job frames at most this many
 #: frames (without parsing them) after seeking to the checkpoint before its first frame.
@@ -52,7 +53,10 @@ def _header_keys(comment: bytes) -> tuple[set[str], dict[str, int]]:
             info = key_val_str_to_dict(line)
         except Exception:  # not key=value text: a plain xyz comment (ase keeps it as `comment`)
             return {"comment"}, {}
-    props = str(info.pop("Properties", "") or "species:S:1:pos:R:3").strip("\"'{}[]").split(":")
+    props = info.pop("Properties", "")
+    if isinstance(props, np.ndarray):  # ase's parser read a list of numbers: no column names (was a crash)
+        props = " ".join(map(str, props.ravel()))
+    props = str(props or "species:S:1:pos:R:3").strip("\"'{}[]").split(":")
     widths = {}
     for k in range(0, len(props) - 2, 3):
         try:
@@ -66,17 +70,42 @@ def _header_keys(comment: bytes) -> tuple[set[str], dict[str, int]]:
     return set(info) | set(widths), widths
 
 
-def scan_input(path: str | os.PathLike, fmt: str | None = None, parser: str = "auto") -> dict:
+def index_input(path: str | os.PathLike, fmt: str | None = None, parser: str = "auto",
+                chunk: int = CHUNK) -> dict:
+    """The index's entry of one input: ``{"path", "sha256", **scan_input(...), "size", "mtime_ns"}``, the
+    file's size and modification time as found before reading it (a shard job checks them: a file changed
+    since indexing is refused, not read at stale offsets). extxyz is read once (frames and sha256 from the
+    same chunks) unless ``parser`` is ``ase``."""
+    check_input_file(path)
+    st = os.stat(path)
+    if is_extxyz(path, fmt) and parser != "ase":
+        scan = index_extxyz(path, CHECKPOINT_EVERY, _header_keys, chunk)
+        digest = scan.pop("sha256")
+    else:
+        scan, digest = scan_input(path, fmt, parser), sha256(path)
+    after = os.stat(path)
+    if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+        raise IngestError(f"{path}: changed while `scfdata index` read it ({st.st_size} bytes before, "
+                          f"{after.st_size} after); rerun `scfdata index` once the file is complete")
+    return {"path": str(path), "sha256": digest, **scan, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def scan_input(path: str | os.PathLike, fmt: str | None = None, parser: str = "auto", chunk: int = CHUNK) -> dict:
     """Frame count, the keys found in the frames, and the column count of each per-atom key.
 
     extxyz: from the comment lines and ``Properties=`` (no frame parsed); other formats: every frame read
     by ase.io.iread. Returns ``{"n_frames", "keys": sorted list, "columns": {key: {width: n_frames}},
     "first_frames": {key: {width: first frame with that width}}, "checkpoints": [[frame, byte offset, line],
-    ...] (extxyz: every CHECKPOINT_EVERY frames)}``. ``parser``: ``ase`` frames extxyz line by line,
-    otherwise by the chunked framing (the same frames, errors and keys).
+    ...] (extxyz: every CHECKPOINT_EVERY frames)}``. ``parser``: ``ase`` frames extxyz line by line and
+    reads every header, otherwise :func:`scfdata.extxyz_index.index_extxyz` frames it per ``chunk`` bytes
+    and reads each distinct header once (the same frames, errors and keys).
     """
     path = Path(path)
     check_input_file(path)
+    if is_extxyz(path, fmt) and parser != "ase":
+        scan = index_extxyz(path, CHECKPOINT_EVERY, _header_keys, chunk)
+        del scan["sha256"]
+        return scan
     keys: set[str] = set()
     columns: dict[str, dict[str, int]] = {}
     first: dict[str, dict[str, int]] = {}
@@ -91,8 +120,7 @@ def scan_input(path: str | os.PathLike, fmt: str | None = None, parser: str = "a
 
     checkpoints = []
     if is_extxyz(path, fmt):
-        frames = scan_extxyz(path) if parser == "ase" else (f for f, _ in iter_extxyz_spans(path))
-        for frame in frames:
+        for frame in scan_extxyz(path):
             if frame.index % CHECKPOINT_EVERY == 0:
                 checkpoints.append([frame.index, frame.offset, frame.line])
             add(frame.index, *_header_keys(frame.comment))

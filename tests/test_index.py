@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -192,6 +193,7 @@ def test_shard_jobs_seek_to_the_index_checkpoints(tmp_path, monkeypatch):
     last = json.loads(index.read_text())["shards"][2][0][1]  # first frame of the last shard
     seek = max(c[1] for c in entry["checkpoints"] if c[0] <= last)
     src.write_bytes(b"x" * seek + raw[seek:])  # everything before that checkpoint is now junk
+    os.utime(src, ns=(entry["mtime_ns"], entry["mtime_ns"]))  # (as indexed: a changed file is refused)
     assert main(["ingest", "--index", str(index), "--shard", "2", "-o", str(tmp_path / "again.h5"),
                  "--settings", json.dumps(settings)]) == 0
     with ScfdataFile(tmp_path / "again.h5") as f:

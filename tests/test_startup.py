@@ -26,9 +26,6 @@ from scfdata.cli import COMMANDS, build_parser, main
 HEAVY = ("torch", "matplotlib", "numba", "scipy", "ase.io", "pandas")
 #: what a command's start-up (the module of the command and what it imports) must not import
 FORBIDDEN = {name: set(HEAVY) for name in COMMANDS}
-# assemble imports scfdata.ingest (check_keys_found)
-for _name in ("assemble",):
-    FORBIDDEN[_name] -= {"ase.io", "scipy"}
 #: command modules a command may import besides its own (export shares statistics' --e0 option)
 SHARED = {"export": {"scfdata.commands.statistics"}}
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..h5io import MANIFEST, AssemblyOutput, ScfdataFile, assemble_many, remove_stale_temporaries
-from ..ingest import check_keys_found
+from ..ingest_errors import check_keys_found
 from ..keys import KeyMapping
 from ..provenance import versions
 from ..split import SPLIT_NAMES, Quality, read_quality, read_split

@@ -18,14 +18,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..h5io import StreamWriter
 from ..ingest import PARSERS, IngestError, check_input_file, check_keys_found, ingest, is_extxyz, sha256
 from ..keys import KeyMapping, load_yaml, mapping_for_dataset
-from ..provenance import versions
-from ..shards import plan_shards, scan_input
+from ..shards import index_input, plan_shards
 from ..validate import ValidationOptions
 from . import json_file, json_option
+
+if TYPE_CHECKING:
+    from ..h5io import StreamWriter
 
 log = logging.getLogger("scfdata.ingest")
 
@@ -168,12 +170,12 @@ def run_index(args) -> int:
         check_readable(p, args.format)
     inputs = []
     for p in args.inputs:
-        scan = scan_input(p, args.format, parser=args.parser)
-        if scan["n_frames"] == 0:
+        entry = index_input(p, args.format, parser=args.parser)
+        if entry["n_frames"] == 0:
             raise IngestError(f"no frames in {p}: 0 frames counted (format "
                               f"{args.format or 'from the file name'}); remove it from the inputs, regenerate "
                               "it, or check `--format` (the dataset's `format:`)")
-        inputs.append({"path": str(p), "sha256": sha256(p), **scan})
+        inputs.append(entry)
     keys = set().union(*(i["keys"] for i in inputs))
     if mapping is not None:
         check_keys_found({}, keys, mapping, where=f"{', '.join(args.inputs)} (frame headers)")
@@ -279,7 +281,31 @@ def _seek(entry: dict, start: int) -> tuple[int, int, int] | None:
     return best
 
 
+def _when(mtime_ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(mtime_ns / 1e9)) + f".{mtime_ns % 10**9:09d} UTC"
+
+
+def check_unchanged(entry: dict, index_path: str) -> None:
+    """An input must be the file the index read (its size and modification time as recorded there): the
+    checkpoints are byte offsets into it, so a shard job on a changed file would read the wrong frames.
+    An index that recorded neither (written before they were) is taken as it is."""
+    if "size" not in entry and "mtime_ns" not in entry:
+        return
+    path = entry["path"]
+    check_input_file(path)
+    st = os.stat(path)
+    expected = (entry.get("size", st.st_size), entry.get("mtime_ns", st.st_mtime_ns))
+    if (st.st_size, st.st_mtime_ns) != expected:
+        raise IngestError(
+            f"{path}: changed since `scfdata index` wrote {index_path}: indexed {expected[0]} bytes modified "
+            f"{_when(expected[1])}, found {st.st_size} bytes modified {_when(st.st_mtime_ns)}; rerun "
+            "`scfdata index` on it (in the workflow: delete the index.json or run with --forcerun index)")
+
+
 def run_ingest(args) -> int:
+    from ..h5io import StreamWriter  # noqa: PLC0415 (h5py and the package metadata: not for `scfdata index`)
+    from ..provenance import versions  # noqa: PLC0415
+
     settings, mapping = _settings_mapping(args)
     if mapping is None:
         mapping = mapping_for_dataset(settings, where="dataset")
@@ -293,6 +319,8 @@ def run_ingest(args) -> int:
         ranges = [(f, inputs[f]["path"], a, b, _seek(inputs[f], a)) for f, a, b in index["shards"][args.shard]]
         fmt = index.get("format")
         check_paths([i["path"] for i in inputs], args.output)
+        for f in dict.fromkeys(r[0] for r in ranges):
+            check_unchanged(inputs[f], args.index)
         width = _multipole_width(index, mapping)
         inputs = [{k: i[k] for k in ("path", "sha256", "n_frames") if k in i} for i in inputs]
     else:

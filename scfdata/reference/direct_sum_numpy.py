@@ -21,7 +21,7 @@ results do not depend on the chunking. A pair closer than ``MIN_SEPARATION`` giv
 need numpy only.
 
 Cost: every ordered pair is evaluated (twice the unique pairs of the compiled half loop), in numpy passes
-over chunk-sized arrays: ~5 ns per pair for charges, several times that with multipoles, fields or the
+over chunk-sized arrays: ~6 ns per pair for charges, several times that with multipoles, fields or the
 Gaussian kernel, on one thread. ``engine="auto"`` of :func:`~scfdata.reference.esp_realspace.realspace_potential_field`
 picks this engine for jobs up to ``AUTO_MAX_WEIGHTED_PAIRS`` (see :func:`weighted_pairs`), unless numba is
 imported already. Not supported: l > 2, per-atom widths.
@@ -148,7 +148,8 @@ def direct_sum(pos, q, p, t, ptr, beta: float | None, with_fields: bool, dipole_
         n = int(n)
         for starts, r0, r1 in _chunks(ptr[:-1][counts == n], n):
             atoms = starts[:, None] + np.arange(n)
-            vc, ec = _chunk(pos, q, p, t, atoms, r0, r1, beta, nmax, with_fields)
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # coincident atoms: NaN, reported
+                vc, ec = _chunk(pos, q, p, t, atoms, r0, r1, beta, nmax, with_fields)
             receivers = atoms[:, r0:r1]
             v[receivers] = vc
             if with_fields:

@@ -3,6 +3,7 @@ chunking, and parity with the compiled numba loop; what engine="auto" picks."""
 
 import math
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -193,6 +194,12 @@ def test_coincident_atoms_are_refused(sigma):
     """Both atoms of a pair closer than MIN_SEPARATION get NaN from the engine; the caller names the pair."""
     pos = np.array([[0.0, 0, 0], [5, 5, 5], [1, 0, 0], [1 + 1e-9, 0, 0]])
     v, _ = mod.direct_sum(pos, np.ones(4), None, None, np.array([0, 4]), None, False)
+    assert np.isnan(v[[2, 3]]).all() and np.isfinite(v[[0, 1]]).all()
+    pos[3, 0] = 1.0  # at the same point: no numpy warning (divide by zero) before the error
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        v, e = mod.direct_sum(pos, np.ones(4), np.ones((4, 3)), _traceless(np.random.default_rng(0), 4),
+                              np.array([0, 4]), 1.0 if sigma else None, True)
     assert np.isnan(v[[2, 3]]).all() and np.isfinite(v[[0, 1]]).all()
     with pytest.raises(ValueError, match=r"atoms 2 and 3 of config 0 sit at the same position .*below 1e-06 Å"):
         _numpy(pos, np.ones(4), smearing_width=sigma)

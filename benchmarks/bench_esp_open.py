@@ -6,14 +6,19 @@ The issue's goal: at least 20x faster than a per-config loop over the direct sum
 to read the same arrays from HDF5. Reported (best of ``--repeats`` runs each):
 
 * ``compute_esps`` (the public entry point, l = 1, with and without fields) and the engine alone
-  (``realspace_potential_field`` on Cartesian arrays): on the CPU that is the compiled numba loop;
+  (``realspace_potential_field`` on Cartesian arrays): on the CPU the compiled numba loop (numba is loaded
+  by the warm-up here, so ``engine="auto"`` picks it);
+* the numpy engine (``engine="numpy"``: what ``auto`` picks in a fresh process for jobs up to
+  ``AUTO_MAX_WEIGHTED_PAIRS`` weighted pairs, e.g. a workflow shard of small molecules, since it spares the
+  ~0.4 s of importing numba and loading its cache), with and without fields;
 * the torch engine on the CPU (``engine="torch"``: the path tensors on a GPU take), for comparison;
 * the alternatives a user would write: a per-config loop over a plain numpy direct sum (dense (n, n)
   arrays per molecule) for charges only and for charges + dipoles, and a per-config loop of engine calls;
 * torch-pme's direct sum over a prebuilt half pair list (charges only), when torch-pme is installed;
 * reading positions, multipoles and the pointer back from HDF5: a file in a temporary directory (warm
   page cache) and an in-memory file;
-* the ratios, and the largest difference between the batched engine and the numpy loop.
+* the ratios, and the largest difference between the batched engine and the numpy loop, and between the
+  numpy and numba engines.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import time
 import numpy as np
 
 from scfdata.constants import K_E
+from scfdata.reference.direct_sum_numpy import AUTO_MAX_WEIGHTED_PAIRS, weighted_pairs
 from scfdata.reference.esp import compute_esps
 from scfdata.reference.esp_realspace import realspace_potential_field
 
@@ -133,7 +139,8 @@ def main():
     pbc = np.zeros((n_cfg, 3), bool)
     q, p = mp[:, 0].copy(), mp[:, [3, 1, 2]].copy()
     t0 = time.perf_counter()
-    compute_esps(pos[:100], mp[:100], np.array([0, 100]), cells[:1], pbc[:1])  # warm-up (numba: compile or load)
+    realspace_potential_field(pos[:100], q[:100], engine="numba")  # warm-up (numba: import, compile or load)
+    compute_esps(pos[:100], mp[:100], np.array([0, 100]), cells[:1], pbc[:1])
     realspace_potential_field(pos[:100], q[:100], p[:100], None, np.array([0, 100]))
     realspace_potential_field(pos[:100], q[:100], None, None, np.array([0, 100]))
     compute_esps(pos[:100], mp[:100], np.array([0, 100]), cells[:1], pbc[:1], with_fields=True)
@@ -143,6 +150,11 @@ def main():
     t_fields, _ = best_of(lambda: compute_esps(pos, mp, ptr, cells, pbc, max_l=1, with_fields=True), rep)
     t_engine, _ = best_of(lambda: realspace_potential_field(pos, q, p, None, ptr), rep)
     t_engine_q, (v_q, _) = best_of(lambda: realspace_potential_field(pos, q, None, None, ptr), rep)
+    t_numpy, (v_np, _) = best_of(lambda: realspace_potential_field(pos, q, p, None, ptr, engine="numpy"), rep)
+    t_numpy_f, (_, e_np) = best_of(
+        lambda: realspace_potential_field(pos, q, p, None, ptr, engine="numpy", with_fields=True), rep)
+    t_numpy_q, _ = best_of(lambda: realspace_potential_field(pos, q, None, None, ptr, engine="numpy"), rep)
+    _, e_nb = realspace_potential_field(pos, q, p, None, ptr, engine="numba", with_fields=True)
     t_torch, (v_torch, _) = best_of(lambda: realspace_potential_field(pos, q, p, None, ptr, engine="torch"), rep)
     t_loop, v_loop = best_of(lambda: loop_direct_sum(pos, mp, ptr), min(rep, 2))
     t_loop_q, v_loop_q = best_of(lambda: loop_direct_sum(pos, mp, ptr, dipoles=False), min(rep, 2))
@@ -160,6 +172,9 @@ def main():
         ("compute_esps, l=1 + fields", t_fields),
         ("engine only, l=1", t_engine),
         ("engine only, charges", t_engine_q),
+        ("numpy engine, l=1", t_numpy),
+        ("numpy engine, l=1 + fields", t_numpy_f),
+        ("numpy engine, charges", t_numpy_q),
         ("torch engine (CPU), l=1", t_torch),
         ("numpy loop per config, l=1", t_loop),
         ("numpy loop per config, charges", t_loop_q),
@@ -178,6 +193,10 @@ def main():
     print(f"  numpy loop charges / engine charges     {t_loop_q / t_engine_q:6.1f} x")
     print(f"  engine calls per config / compute_esps  {t_calls / t_batch:6.1f} x")
     print(f"  torch engine l=1 / numba engine l=1     {t_torch / t_engine:6.1f} x")
+    print(f"  numpy engine l=1 / numba engine l=1     {t_numpy / t_engine:6.1f} x   (numba: all cores; numpy: one)")
+    wp = weighted_pairs(ptr, True, False, False, False)
+    print(f"  weighted pairs l=1: {wp / 1e6:.1f} M; auto in a fresh process: "
+          f"{'numpy' if wp <= AUTO_MAX_WEIGHTED_PAIRS else 'numba'} (budget {AUTO_MAX_WEIGHTED_PAIRS / 1e6:.0f} M)")
     if t_pme is not None:
         print(f"  torch-pme charges / engine charges      {t_pme / t_engine_q:6.1f} x")
     if reads is not None:
@@ -188,6 +207,8 @@ def main():
     print(f"  compute_esps vs numpy loop, l=1         {np.abs(v - v_loop).max():8.1e} V")
     print(f"  engine vs numpy loop, charges           {np.abs(v_q - v_loop_q).max():8.1e} V")
     print(f"  torch engine vs numpy loop, l=1         {np.abs(v_torch - v_loop).max():8.1e} V")
+    print(f"  numpy engine vs numba engine, l=1       {np.abs(v_np - v).max():8.1e} V")
+    print(f"  numpy vs numba engine fields, l=1       {np.abs(e_np - e_nb).max():8.1e} V/Å")
     if v_pme is not None:
         print(f"  engine vs torch-pme, charges            {np.abs(v_q - v_pme).max():8.1e} V")
 

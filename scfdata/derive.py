@@ -157,7 +157,13 @@ def warm_up_esp_kernels(target: str, datasets: list[dict]) -> list[str]:
     """Compile (or load from numba's on-disk cache) the ESP kernels the shard jobs of ``target`` (esps or
     fields) will call, for each dataset's ``{"settings": ..., "mapped": [canonical names]}``: its smearing,
     its max_l (0 for charges-only data), potential or field, open and periodic/slab boundaries. Returns
-    one line per combination compiled (numba compiles each combination separately: 2-16 s each)."""
+    one line per combination compiled (numba compiles each combination separately: 2-16 s each).
+
+    numba is imported first: with numba in the process, ``engine="auto"`` runs the compiled open-boundary
+    loop (:func:`scfdata.reference.esp_realspace.cpu_engine`), so its kernels are compiled here too, for
+    the shard jobs too large for the numpy engine (smaller shard jobs never import numba)."""
+    import scfdata.reference.direct_sum_numba  # noqa: F401  (see above: auto then picks numba)
+
     from .reference.esp import compute_esps
 
     pos = np.array([[0.0, 0.0, 0.0], [1.1, 0.2, 0.1], [0.3, 1.2, 0.4], [2.0, 2.0, 2.5]])

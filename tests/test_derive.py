@@ -257,3 +257,21 @@ def test_charged_cell_warning_names_file_and_frame_once_per_config(tmp_path, cap
         lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
         assert lines == [f"{src} frame 1: net charge 0.7 e in a periodic (TTT) cell: a uniform neutralising "
                          "background is added (zero cell-average potential)"], lines
+
+
+def test_warm_up_compiles_the_open_boundary_numba_kernels():
+    """Shard jobs too large for the numpy engine run the compiled loop, so the warm-up job (which imports
+    numba first: engine auto then picks it) compiles or loads it for the dataset's settings. In a fresh
+    process, where nothing else imported numba."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom scfdata.derive import warm_up_esp_kernels\n"
+            "assert 'numba' not in sys.modules\n"
+            "done = warm_up_esp_kernels('fields', [{'settings': {'boundary': 'realspace', 'smearing_width': 0.5},"
+            " 'mapped': ['charges']}])\n"
+            "from scfdata.reference import direct_sum_numba as d\n"
+            "print(len(done), len(d._small_configs.signatures))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["1", "1"]  # one combination (open boundary), its kernel compiled or loaded

@@ -13,7 +13,10 @@ sources. The cache is keyed by the content of every module of ``scfdata/referenc
 :mod:`scfdata.reference.numba_cache`), so an edit of the inlined kernels of ``multipole_kernels_numba.py`` or
 of ``MIN_SEPARATION`` recompiles this file's kernels too; nothing needs to be touched or deleted.
 Not supported: l > 2, per-atom widths, devices other than the CPU (the torch engine of
-:mod:`scfdata.reference.realspace_torch` runs there).
+:mod:`scfdata.reference.realspace_torch` runs there). ``engine="auto"`` runs the numpy twin,
+:mod:`scfdata.reference.direct_sum_numpy` (same arguments, same results to round-off), for jobs small enough
+that importing numba and loading this cache would cost more than the sum (see
+:func:`scfdata.reference.esp_realspace.cpu_engine`).
 """
 
 from __future__ import annotations

@@ -16,8 +16,11 @@ charges plus a uniform neutralising background is 0 (tin-foil, k=0 term dropped)
 
 Inputs may be numpy arrays or torch tensors; outputs follow the positions (tensors of their dtype and
 device). When every config is open-boundary, tensors on a GPU stay there (the torch engine of
-:mod:`~scfdata.reference.realspace_torch`); CPU data go to the compiled CPU loop. Periodic and slab sums run
-on the CPU (tensors are copied there and the results copied back).
+:mod:`~scfdata.reference.realspace_torch`). CPU: numba or numpy (auto), i.e. the numpy direct sum
+(:mod:`~scfdata.reference.direct_sum_numpy`) for jobs that fit its pair budget unless numba is imported
+already, else the compiled loop (:mod:`~scfdata.reference.direct_sum_numba`); see
+:func:`~scfdata.reference.esp_realspace.cpu_engine`. Periodic and slab sums run on the CPU (tensors are
+copied there and the results copied back).
 Not supported: per-atom widths, l > 2, mixed pbc such as TFF or FTT (ValueError), slabs whose periodic
 cell vectors are not the first two.
 """
@@ -178,7 +181,7 @@ def compute_esps(
     opts = dict(smearing_width=float(smearing_width), self_interaction=self_interaction, with_fields=with_fields)
     open_cfg = np.flatnonzero((codes == _REALSPACE) | (codes == _MOLECULE_IN_BOX))
     if torch_like is not None and open_cfg.size == n_cfg:
-        # open boundaries only: tensors stay on their device (a GPU: the torch engine; the CPU: numba)
+        # open boundaries only: tensors stay on their device (a GPU: the torch engine; the CPU: numba or numpy)
         return realspace_potential_field(positions, *multipoles_to_cartesian(mp, max_l), ptr_np, **opts)
 
     pos, mp = to_numpy(positions), to_numpy(mp)

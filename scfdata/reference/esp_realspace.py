@@ -7,9 +7,14 @@ Engines. Configs are concatenated with an atom pointer ``ptr``; interactions sta
 follow the positions: numpy in, numpy out; torch in, tensors of the positions' dtype and device (always
 computed in float64). ``engine="auto"`` picks by where the data are:
 
-* CPU (numpy arrays or CPU tensors): :mod:`scfdata.reference.direct_sum_numba`, one compiled loop over the
-  pairs of every config (numba, threads over configs; O(n) memory). Measured 6x faster than the torch
-  engine on the CPU for 10,000 small molecules (``benchmarks/bench_esp_open.py``).
+* CPU (numpy arrays or CPU tensors): numba or numpy (auto). :mod:`scfdata.reference.direct_sum_numpy`
+  (numpy, all pairs of the configs of one atom count at once, in chunks of bounded memory) for jobs up to
+  ``AUTO_MAX_WEIGHTED_PAIRS`` weighted pairs, unless numba is imported already: a short job (a workflow
+  shard of small molecules) then imports neither numba nor scipy, ~0.4 s less than loading the compiled
+  loop. Above that, or when numba is in the process anyway, :mod:`scfdata.reference.direct_sum_numba`, one
+  compiled loop over the unique pairs of every config (threads over configs; O(n) memory). Measured 6x
+  faster than the torch engine on the CPU for 10,000 small molecules (``benchmarks/bench_esp_open.py``).
+  ``engine="numba"`` or ``"numpy"`` forces one (the two agree to round-off).
 * Any other device (a GPU): the torch engine, :mod:`scfdata.reference.realspace_torch`, on the tensors'
   device. ``engine="torch"`` forces it on the CPU too (the tests compare the two engines). torch is imported
   only for tensor inputs or that engine.
@@ -24,20 +29,23 @@ a target).
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from scfdata.reference.batch import raise_if_not_finite, raise_if_not_traceless
+from scfdata.reference.direct_sum_numpy import AUTO_MAX_WEIGHTED_PAIRS, weighted_pairs
 from scfdata.reference.multipole_kernels import MIN_SEPARATION, add_self_and_scale, is_torch
 
-ENGINES = ("auto", "numba", "torch")
+ENGINES = ("auto", "numba", "torch", "numpy")
 
 
 def _raise_non_finite(pos, q, p, t, ptr, atom, config_index=None):
     """Explain a non-finite result at ``atom``: non-finite inputs, or two atoms closer than MIN_SEPARATION
     (numpy or torch arrays). Configs are named by ``config_index[c]`` (the caller's numbering; default c)
     and atoms are counted within their config."""
+    from scipy.spatial import cKDTree  # only to explain an error: a job that succeeds does not import scipy
+
     arrays = [None if x is None else np.asarray(x.detach().cpu().numpy() if is_torch(x) else x) for x in (pos, q, p, t)]
     raise_if_not_finite(ptr, config_index, positions=arrays[0], charges=arrays[1], dipoles=arrays[2],
                         quadrupoles=arrays[3])
@@ -128,6 +136,16 @@ def _ptr_array(ptr, n: int) -> np.ndarray:
     return out
 
 
+def cpu_engine(ptr, have_dipoles: bool, have_quads: bool, gaussian: bool, with_fields: bool) -> str:
+    """What ``engine="auto"`` runs on CPU data: "numba" when numba is imported already (nothing to save) or
+    the job exceeds ``AUTO_MAX_WEIGHTED_PAIRS`` (:func:`~scfdata.reference.direct_sum_numpy.weighted_pairs`),
+    else "numpy"."""
+    if "numba" in sys.modules:
+        return "numba"
+    big = weighted_pairs(ptr, have_dipoles, have_quads, gaussian, with_fields) > AUTO_MAX_WEIGHTED_PAIRS
+    return "numba" if big else "numpy"
+
+
 def realspace_potential_field(
     positions,
     charges,
@@ -154,7 +172,8 @@ def realspace_potential_field(
     self_interaction : "exclude" or "include" (σ > 0 only).
     max_pairs : torch engine: pairs per chunk of the flat pair path for configs above ``_DENSE_MAX_ATOMS``
         atoms (memory ~ 300 bytes per pair with quadrupoles and fields).
-    engine : "auto" (numba on the CPU, torch on other devices), "numba" (CPU data only) or "torch".
+    engine : "auto" (CPU: numba or numpy, see :func:`cpu_engine`; torch on other devices), "numba" or "numpy"
+        (CPU data only) or "torch".
     dipole_columns : the columns of ``dipoles`` holding p_x, p_y, p_z; e.g. ``(3, 1, 2)`` reads MACE_SCF's
         multipole array ``[Q, d_y, d_z, d_x]`` as it is (the numba engine then copies nothing, unless the
         self term with fields needs the Cartesian dipoles).
@@ -186,11 +205,11 @@ def realspace_potential_field(
     torch_out = is_torch(positions)
     device = positions.device if torch_out else None
     on_cpu = device is None or device.type == "cpu"
-    if engine == "auto":
-        engine = "numba" if on_cpu else "torch"
-    if engine == "numba" and not on_cpu:
-        raise ValueError(f"engine='numba' runs on the CPU; the inputs are on {device}. Use engine='auto'.")
-    convert = _as_numpy if engine == "numba" else (lambda x: _as_tensor(x, device or "cpu"))
+    if engine == "auto" and not on_cpu:
+        engine = "torch"
+    if engine in ("numba", "numpy") and not on_cpu:
+        raise ValueError(f"engine={engine!r} runs on the CPU; the inputs are on {device}. Use engine='auto'.")
+    convert = (lambda x: _as_tensor(x, device or "cpu")) if engine == "torch" else _as_numpy
     pos = _checked(convert(positions), (3,), "positions")
     n = pos.shape[0]
     q = _checked(convert(charges), (), "charges", n)
@@ -204,8 +223,14 @@ def realspace_potential_field(
     sigma = float(smearing_width)
     beta = 1.0 / (math.sqrt(2.0) * sigma) if sigma > 0 else None
     include_self = self_interaction == "include"
+    if engine == "auto":  # CPU data
+        engine = cpu_engine(ptr_np, p is not None, t is not None, beta is not None, with_fields)
     if engine == "numba":
         from scfdata.reference.direct_sum_numba import direct_sum  # numba: imported (and compiled) when used
+
+        esps, fields = direct_sum(pos, q, p, t, ptr_np, beta, with_fields, dipole_columns=p_cols)
+    if engine == "numpy":
+        from scfdata.reference.direct_sum_numpy import direct_sum
 
         esps, fields = direct_sum(pos, q, p, t, ptr_np, beta, with_fields, dipole_columns=p_cols)
     if p is not None and p_cols != (0, 1, 2) and (engine == "torch" or (include_self and with_fields)):

@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.special import erfc
 
 from scfdata.constants import K_E
 
@@ -64,6 +63,8 @@ def g_erfc(r, a: float, nmax: int) -> list:
         expo = torch.exp(-ar * ar) / (a * SQRT_PI)
         b = torch.special.erfc(ar) / r
     else:
+        from scipy.special import erfc  # here only: point multipoles need no scipy (a job's start-up)
+
         expo = np.exp(-ar * ar) / (a * SQRT_PI)
         b = erfc(ar) / r
     out = [b]

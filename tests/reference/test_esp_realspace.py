@@ -12,7 +12,7 @@ from scfdata.reference.multipole_kernels import g_erf, g_erfc
 
 RNG = np.random.default_rng(7)
 #: The CPU's compiled loop and the torch engine (the one that runs on GPUs), both checked on the CPU.
-ENGINES = ["numba", "torch"]
+ENGINES = ["numba", "torch", "numpy"]
 
 
 def _random_system(n, with_quads=True):

@@ -90,10 +90,13 @@ def _figure(figsize: tuple[float, float]):
 
 def _save(fig, out: Path) -> None:
     """Lay the figure out once (tight) and write it as PNG at 80 dpi."""
+    import matplotlib
+
     fig.tight_layout()
     # tight_layout leaves a placeholder layout engine, for which savefig would draw the figure once more
-    # before the real draw; the layout is already done
-    fig.set_layout_engine(None)
+    # before the real draw; the layout is done, so no engine (whatever a matplotlibrc says of autolayout)
+    with matplotlib.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
+        fig.set_layout_engine(None)
     fig.savefig(out, dpi=80)
 
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from scfdata.columns import Columns
 from scfdata.h5io import write_columns
@@ -157,8 +158,12 @@ def _pyplot_png(path: Path, draw) -> None:
     plt.close(fig)
 
 
-def test_plots_are_the_pngs_pyplot_draws(tmp_path):
-    """The figure on a bare Agg canvas, laid out once, is byte for byte the PNG pyplot writes."""
+@pytest.mark.parametrize("rc", [{}, {"figure.autolayout": True}], ids=["default", "autolayout"])
+def test_plots_are_the_pngs_pyplot_draws(tmp_path, rc):
+    """The figure on a bare Agg canvas, laid out once, is byte for byte the PNG pyplot writes, also when a
+    matplotlibrc asks for automatic layout."""
+    import matplotlib
+
     from scfdata.report import _figure, _save
 
     rng = np.random.default_rng(3)
@@ -172,10 +177,11 @@ def test_plots_are_the_pngs_pyplot_draws(tmp_path):
         ax.set_title("esps: 500 entries")
         ax.legend()
 
-    _pyplot_png(tmp_path / "pyplot.png", draw)
-    fig, ax = _figure((5, 3.5))
-    draw(ax)
-    _save(fig, tmp_path / "agg.png")
+    with matplotlib.rc_context(rc):
+        _pyplot_png(tmp_path / "pyplot.png", draw)
+        fig, ax = _figure((5, 3.5))
+        draw(ax)
+        _save(fig, tmp_path / "agg.png")
     assert (tmp_path / "agg.png").read_bytes() == (tmp_path / "pyplot.png").read_bytes()
 
 

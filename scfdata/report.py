@@ -6,7 +6,8 @@ Plots (matplotlib's Agg canvas, without pyplot: no backend is selected, no GUI i
 ``plots/`` next to the report: a histogram per numeric target field, ESP distributions per element (when
 ESPs exist), and the parity of the dipole from multipoles against the DFT dipole (when both exist). Plots
 use at most ``max_points`` entries per field (an even stride over all split files), so the report's memory
-stays bounded on large datasets.
+stays bounded on large datasets: each split file is opened once for all plots and read through its memory
+map (pages of the file, which the system can drop), and only the strided entries are copied.
 
 The report reads the data and writes what it finds; it does not verify the files and says nothing of
 their checksums or structure (that is ``scfdata verify results/<ds>``'s job). It imports no torch.

@@ -1,5 +1,9 @@
 """What is in an scfdata file: counts, elements, boundary classes, fields, provenance, rejects, losses,
-and the problems `scfdata verify` finds in it (as warnings)."""
+and the problems `scfdata verify` finds in it (as warnings).
+
+One pass over each field's values (min/mean/max, in blocks); coverage, the supported losses and the shapes
+come from the masks and the file's metadata, read once. The loss table needs no torch. The problems are
+`scfdata verify`'s own check of the file (a second read of every array, checksums included)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ import numpy as np
 from ase.data import chemical_symbols
 
 from . import fields
-from .h5io import ScfdataFile
+from .h5io import LEVEL_GROUP, ScfdataFile
+from .losses.support import DataSummary, supported_losses
 from .reference.esp import pbc_labels
 
 
@@ -42,8 +47,9 @@ def _stats(values: np.ndarray, present: np.ndarray, block: int = 1 << 20) -> dic
     return {"min": lo, "mean": total / count, "max": hi}
 
 
-def summarize(path) -> dict:
-    """The whole summary as one JSON-ready dict (what `scfdata inspect --json` prints)."""
+def summarize(path, *, problems: bool = True) -> dict:
+    """The whole summary as one JSON-ready dict (what `scfdata inspect --json` prints). ``problems=False``
+    leaves out the ``problems`` entry and so the verification of the file (report.md does not show it)."""
     with ScfdataFile(path) as f:
         # a derived fragment holds only its own fields: bookkeeping arrays may be absent
         numbers = np.asarray(f.raw("atoms", "numbers")) if f.exists("atoms", "numbers") else np.zeros(0, int)
@@ -56,16 +62,16 @@ def summarize(path) -> dict:
         for name in f.field_names():
             fd = fields.FIELDS[name]
             attrs = f.field_attrs(name)
-            arr = f.read(name)
+            _, shape = f.array_info(f"{LEVEL_GROUP[fd.level]}/{name}")  # (strings: not decoded to be counted)
             entry = {
                 "level": fd.level,
                 "unit": attrs.get("unit", fd.unit),
-                "shape": list(arr.shape[1:]),
+                "shape": list(shape[1:]),
                 "coverage": f.coverage(name),
                 "derived": fd.derived,
             }
             if fd.dtype != "str":
-                entry.update(_stats(arr, _entry_mask(f, name)))
+                entry.update(_stats(f.read(name), _entry_mask(f, name)))
             if "derived_by" in attrs:
                 entry["derived_by"] = attrs["derived_by"]
             out_fields[name] = entry
@@ -84,11 +90,14 @@ def summarize(path) -> dict:
             "rejects": {"n": len(rejects), "reasons": dict(Counter(r[2].split(":")[0] for r in rejects))},
             "provenance": f.provenance,
         }
+        data = DataSummary(f.n_configs, {n: e["coverage"] for n, e in out_fields.items()},
+                           {2: f.n_configs_with_min_molecules(2)})  # (what supported_losses(f) would read)
     summary.update(quality_summary(summary["provenance"]))
-    summary["losses"] = _losses(path)
-    from .verify import verify_file
+    summary["losses"] = supported_losses(data)
+    if problems:
+        from .verify import verify_file
 
-    summary["problems"] = verify_file(path).problems
+        summary["problems"] = verify_file(path).problems
     return summary
 
 
@@ -118,14 +127,6 @@ def quality_lines(flags: dict, quality: dict | None) -> list[str]:
         lines.append("dropped by quality.drop (rejects of the dataset): "
                      + ", ".join(f"{k} {v}" for k, v in dropped.items()))
     return lines + _provenance_lines("quality settings", quality.get("settings") or {}, "")
-
-
-def _losses(path) -> dict:
-    try:
-        from .losses import supported_losses
-    except ImportError:
-        return {}
-    return supported_losses(path)
 
 
 def format_value(v, missing: str = "-") -> str:

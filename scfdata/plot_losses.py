@@ -101,13 +101,14 @@ def _smooth(y: np.ndarray, window: int) -> np.ndarray:
 
 
 def make_figure(log: LossLog, title: str = "", smooth_window: int | None = None):
-    """A matplotlib Figure with two panels (raw, smoothed), one line per term in each, log y scale."""
-    import matplotlib
+    """A matplotlib Figure with two panels (raw, smoothed), one line per term in each, log y scale; on an
+    Agg canvas, without pyplot (no backend is selected, no figure is left open in pyplot's registry)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_raw, ax_smooth) = plt.subplots(2, 1, figsize=(10, 8), sharex=True)
+    fig = Figure(figsize=(10, 8))
+    FigureCanvasAgg(fig)
+    ax_raw, ax_smooth = fig.subplots(2, 1, sharex=True)
     steps = np.arange(log.n_steps)
     window = smooth_window or max(1, log.n_steps // 50)
     for name, y in log.terms.items():
@@ -142,8 +143,6 @@ def plot_losses(log_path: str | os.PathLike, min_epoch: int | None = None, max_e
 
     Raises ValueError when the log (within the epoch range) has no breakdown line.
     """
-    import matplotlib.pyplot as plt
-
     log = parse_log(log_path)
     if log.n_steps == 0:
         raise ValueError(f"{log_path}: no '{_MARK}' lines found; log the losses at DEBUG level "
@@ -156,5 +155,4 @@ def plot_losses(log_path: str | os.PathLike, min_epoch: int | None = None, max_e
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
-    plt.close(fig)
     return out

@@ -2,16 +2,22 @@
 diagnostics), the split report (per element and config_type; elements train lacks), quality flags
 (counts from the manifest, examples from flags.tsv), rejects, PNG plots.
 
-Plots (matplotlib, Agg backend) go to ``plots/`` next to the report: a histogram per numeric target
-field, ESP distributions per element (when ESPs exist), and the parity of the dipole from multipoles
-against the DFT dipole (when both exist). Plots use at most ``max_points`` entries per field (an even
-stride over all split files), so the report's memory stays bounded on large datasets.
+Plots (matplotlib's Agg canvas, without pyplot: no backend is selected, no GUI is touched) go to
+``plots/`` next to the report: a histogram per numeric target field, ESP distributions per element (when
+ESPs exist), and the parity of the dipole from multipoles against the DFT dipole (when both exist). Plots
+use at most ``max_points`` entries per field (an even stride over all split files), so the report's memory
+stays bounded on large datasets: each split file is opened once for all plots and read through its memory
+map (pages of the file, which the system can drop), and only the strided entries are copied.
+
+The report reads the data and writes what it finds; it does not verify the files and says nothing of
+their checksums or structure (that is ``scfdata verify results/<ds>``'s job). It imports no torch.
 Not supported: interactive plots, per-config drill-down.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +39,12 @@ def _md_table(header: list[str], rows: list[list]) -> list[str]:
     return out + [""]
 
 
+def _coverage(path) -> dict:
+    """What the coverage table reads of a split other than the first: its configs, each field's coverage."""
+    with ScfdataFile(path) as f:
+        return {"n_configs": f.n_configs, "fields": {n: {"coverage": f.coverage(n)} for n in f.field_names()}}
+
+
 def _entry_rows(f: ScfdataFile, name: str, max_points: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices of present entries of a field (strided to at most max_points) and their config ids."""
     level = fields.FIELDS[name].level
@@ -52,77 +64,93 @@ def _entry_rows(f: ScfdataFile, name: str, max_points: int) -> tuple[np.ndarray,
     return idx, owner
 
 
-def _collect(paths: list[Path], name: str, max_points: int, with_numbers: bool = False):
+def _collect(files: list[ScfdataFile], name: str, max_points: int, with_numbers: bool = False):
     values, numbers = [], []
-    per_file = max(1, max_points // max(1, len(paths)))
-    for p in paths:
-        with ScfdataFile(p) as f:
-            if not f.has(name):
-                continue
-            idx, _ = _entry_rows(f, name, per_file)
-            values.append(np.asarray(f.read(name))[idx])
-            if with_numbers:
-                numbers.append(np.asarray(f.raw("atoms", "numbers"))[idx])
+    per_file = max(1, max_points // max(1, len(files)))
+    for f in files:
+        if not f.has(name):
+            continue
+        idx, _ = _entry_rows(f, name, per_file)
+        values.append(np.asarray(f.read(name))[idx])
+        if with_numbers:
+            numbers.append(np.asarray(f.raw("atoms", "numbers"))[idx])
     if not values:
         return None, None
     return np.concatenate(values), (np.concatenate(numbers) if with_numbers else None)
 
 
-def _plots(paths: list[Path], plot_dir: Path, max_points: int) -> list[tuple[str, str]]:
+def _figure(figsize: tuple[float, float]):
+    """(figure, axes) on an Agg canvas: what ``pyplot.subplots`` makes, without pyplot's backend machinery."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
+
+
+def _save(fig, out: Path) -> None:
+    """Lay the figure out once (tight) and write it as PNG at 80 dpi."""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    # tight_layout leaves a placeholder layout engine, for which savefig would draw the figure once more
+    # before the real draw; the layout is done, so no engine (whatever a matplotlibrc says of autolayout)
+    with matplotlib.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
+        fig.set_layout_engine(None)
+    fig.savefig(out, dpi=80)
 
+
+def _plots(paths: list[Path], plot_dir: Path, max_points: int) -> list[tuple[str, str]]:
+    with ExitStack() as stack:  # each split file opened once for all plots
+        files = [stack.enter_context(ScfdataFile(p)) for p in paths]
+        return _plot_files(files, plot_dir, max_points)
+
+
+def _plot_files(files: list[ScfdataFile], plot_dir: Path, max_points: int) -> list[tuple[str, str]]:
     plot_dir.mkdir(parents=True, exist_ok=True)
     made = []
     names = []
-    for p in paths:
-        with ScfdataFile(p) as f:
-            names += [n for n in f.field_names() if n not in names]
+    for f in files:
+        names += [n for n in f.field_names() if n not in names]
     for name in names:
         fd = fields.FIELDS[name]
         if fd.dtype != "float64" or not fd.target:
             continue
-        v, _ = _collect(paths, name, max_points)
+        v, _ = _collect(files, name, max_points)
         if v is None or v.size == 0:
             continue
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        fig, ax = _figure((5, 3.5))
         ax.hist(v.reshape(-1), bins=60, color="C0")
         ax.set_xlabel(f"{name} ({fd.unit})" if fd.unit else name)
         ax.set_ylabel("entries")
         ax.set_title(f"{name}: {v.reshape(len(v), -1).shape[0]} entries")
-        fig.tight_layout()
         out = plot_dir / f"hist_{name}.png"
-        fig.savefig(out, dpi=80)
-        plt.close(fig)
+        _save(fig, out)
         made.append((f"{name} histogram", out.name))
     if "esps" in names:
-        v, z = _collect(paths, "esps", max_points, with_numbers=True)
+        v, z = _collect(files, "esps", max_points, with_numbers=True)
         if v is not None and v.size:
-            fig, ax = plt.subplots(figsize=(5, 3.5))
+            fig, ax = _figure((5, 3.5))
             for el in np.unique(z):
                 ax.hist(v[z == el], bins=60, histtype="step", label=chemical_symbols[el])
             ax.set_xlabel("ESP at atom (V)")
             ax.set_ylabel("atoms")
             ax.legend()
-            fig.tight_layout()
             out = plot_dir / "esps_per_element.png"
-            fig.savefig(out, dpi=80)
-            plt.close(fig)
+            _save(fig, out)
             made.append(("ESP per element", out.name))
     if "dipole" in names and "dipole_from_multipoles" in names:
         ref, pred = [], []
-        for p in paths:
-            with ScfdataFile(p) as f:
-                if not (f.has("dipole") and f.has("dipole_from_multipoles")):
-                    continue
-                both = np.asarray(f.mask("dipole")) & np.asarray(f.mask("dipole_from_multipoles"))
-                ref.append(np.asarray(f.read("dipole"))[both])
-                pred.append(np.asarray(f.read("dipole_from_multipoles"))[both])
+        for f in files:
+            if not (f.has("dipole") and f.has("dipole_from_multipoles")):
+                continue
+            both = np.asarray(f.mask("dipole")) & np.asarray(f.mask("dipole_from_multipoles"))
+            ref.append(np.asarray(f.read("dipole"))[both])
+            pred.append(np.asarray(f.read("dipole_from_multipoles"))[both])
         if ref and sum(len(r) for r in ref):
             r, q = np.concatenate(ref)[:max_points], np.concatenate(pred)[:max_points]
-            fig, ax = plt.subplots(figsize=(4, 4))
+            fig, ax = _figure((4, 4))
             ax.scatter(r, q, s=4)
             lo, hi = float(min(r.min(), q.min())), float(max(r.max(), q.max()))
             ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
@@ -130,10 +158,8 @@ def _plots(paths: list[Path], plot_dir: Path, max_points: int) -> list[tuple[str
             ax.set_ylabel("dipole from multipoles (e·Å)")
             rms = float(np.sqrt(np.mean((r - q) ** 2)))
             ax.set_title(f"rms difference {rms:.3g} e·Å")
-            fig.tight_layout()
             out = plot_dir / "dipole_parity.png"
-            fig.savefig(out, dpi=80)
-            plt.close(fig)
+            _save(fig, out)
             made.append(("dipole from multipoles vs DFT dipole", out.name))
     return made
 
@@ -252,7 +278,9 @@ def build_report(manifest: dict, statistics: dict | None, out_path: str | os.Pat
     lines += _md_table(["split", "file", "configs"],
                        [[s, f"`{Path(splits[s]['path']).name}`", splits[s]["n_configs"]]
                         for s in SPLIT_NAMES if s in splits])
-    summaries = {s: summarize(splits[s]["path"]) for s in SPLIT_NAMES if s in splits}
+    written = [s for s in SPLIT_NAMES if s in splits]  # the first split in full, the others' coverage
+    summaries = {s: summarize(splits[s]["path"], problems=False) if i == 0 else _coverage(splits[s]["path"])
+                 for i, s in enumerate(written)}
     if summaries:
         first = next(iter(summaries.values()))
         lines += ["## Contents", "",

@@ -145,3 +145,52 @@ def test_extxyz_ingest_and_index_import_no_ase_io_scipy_or_torch(tmp_path, water
         code, lines, imported = _run(argv)
         assert code == 0, lines
         assert not {"ase.io", "scipy", "torch", "matplotlib", "numba"} & imported, argv
+
+
+def test_dataset_level_steps_import_no_torch_and_report_no_pyplot(base_file):
+    """The jobs at the end of a workflow run: `report` (matplotlib's Agg canvas, not pyplot, and the loss
+    table without torch), `inspect` and `check` (the loss registry, support check and option validation
+    are plain Python) import no torch; `report` does write its plots."""
+    d = base_file.parent
+    manifest = {"dataset": "water", "configs_in": 40, "written": 40, "rejected": 0,
+                "splits": {"train": {"path": str(base_file), "n_configs": 40}}}
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    (d / "train.yaml").write_text(yaml.safe_dump({"train_schedule": [
+        {"name": "s", "start": 0, "end": 9, "lr": 0.01,
+         "loss": {"energy_per_atom": 1.0, "forces": {"weight": 10, "convention": "mace_scf"},
+                  "atomic_multipoles": {"weight": 1, "max_l": 1}, "fixedpoint_scf_stability": 0.1}}]}))
+    runs = [["report", "--manifest", str(d / "manifest.json"), "-o", str(d / "report.md")],
+            ["inspect", str(base_file)], ["inspect", str(base_file), "--json"],
+            ["check", str(d / "train.yaml"), str(base_file)]]
+    for argv in runs:
+        code, lines, imported = _run(argv)
+        assert code == 0, (argv, lines)
+        assert not {m for m in imported if m == "torch" or m.startswith("torch.")}, f"scfdata {argv[0]} imports torch"
+        assert "scfdata.losses.weighted" not in imported and "scfdata.losses.terms" not in imported, argv
+        if argv[0] == "report":
+            assert "matplotlib.pyplot" not in imported and "matplotlib.figure" in imported
+        if argv[0] == "check":
+            assert lines[-1].endswith(f"every train_schedule stage is supported by {base_file}")
+        if argv[-1] == "--json":
+            s = json.loads("\n".join(lines))
+            assert s["losses"]["atomic_multipoles"] == {"supported": True, "n_configs": 40, "reason": "", "note": ""}
+            assert s["problems"] == []
+    text = (d / "report.md").read_text()
+    assert "| `atomic_multipoles` | yes | 40 |" in text and (d / "plots" / "hist_forces.png").stat().st_size
+
+
+def test_the_losses_package_imports_torch_only_for_weighted_loss():
+    """`scfdata.losses` gives every public name as before; WeightedLoss (and a spec's fn) bring in torch
+    when first asked for, not before."""
+    code = ("import sys, json\n"
+            "from scfdata.losses import LOSSES, LossSpec, supported_losses, check_schedule\n"
+            "from scfdata.losses.registry import parse_loss_dict\n"
+            "import scfdata.losses.suggest, scfdata.losses.options\n"
+            "before = 'torch' in sys.modules\n"
+            "from scfdata.losses import WeightedLoss\n"
+            "from scfdata.losses import terms\n"
+            "same = all(LOSSES[n].fn is getattr(terms, n) for n in LOSSES)\n"
+            "print(json.dumps([before, 'torch' in sys.modules, same, WeightedLoss.__module__]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout) == [False, True, True, "scfdata.losses.weighted"]

@@ -3,7 +3,12 @@
 Each :class:`LossSpec` declares the dataset fields it reads (the first is the *target*, whose mask
 says which configs contribute), the model outputs it reads, the model families it suits, its formula
 and its normalisation in both conventions (``scfdata`` and ``mace_scf``, see ``scfdata.losses.terms``).
-``supported_losses`` and ``check_schedule`` ask this registry; nothing guesses.
+``supported_losses`` and ``check_schedule`` ask this registry; nothing guesses. ``parse_loss_dict`` is
+the one validation of a stage loss dict (``WeightedLoss`` and ``scfdata check`` both call it).
+
+Plain Python: this module imports no torch. A spec's ``fn`` (the torch function of ``scfdata.losses.terms``)
+is looked up when first used, so the support check, ``scfdata check``, ``inspect`` and ``report`` start
+without torch.
 
 Two kinds: ``data`` losses compare the model with reference data; ``model`` (model-internal) terms read
 model outputs only (SCF stability, Fermi-level gradient, Fourier-space density, field features) and
@@ -16,10 +21,11 @@ charges / multipoles with long-range electrostatics, e.g. MACE_SCF, LES), ``fixe
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from . import terms
+from .options import check_options, check_weight, did_you_mean
 
 MODEL_FAMILIES = ("local", "charge-aware", "fixed-point-scf")
 _ALL = MODEL_FAMILIES
@@ -27,9 +33,27 @@ _CHARGE = ("charge-aware", "fixed-point-scf")
 _SCF = ("fixed-point-scf",)
 
 
+class _TermFunction:
+    """``LossSpec.fn``: the function given, else (``None``) ``scfdata.losses.terms.<name>``, imported (with
+    torch) on first access only. A data descriptor, so the dataclass ``__init__`` still sets ``fn``."""
+
+    def __get__(self, spec, owner=None):
+        if spec is None:
+            return None
+        fn = spec.__dict__.get("_fn")
+        if fn is None:
+            fn = getattr(importlib.import_module(f"{__package__}.terms"), spec.name)
+            spec.__dict__["_fn"] = fn  # (frozen dataclass: cached past its __setattr__)
+        return fn
+
+    def __set__(self, spec, fn) -> None:
+        spec.__dict__["_fn"] = fn
+
+
 @dataclass(frozen=True)
 class LossSpec:
-    """A loss: name, requirements, formula and the torch function ``fn(ref, pred, convention, **options)``."""
+    """A loss: name, requirements, formula and the torch function ``fn(ref, pred, convention, **options)``
+    (by default ``scfdata.losses.terms.<name>``, imported when ``fn`` is first read)."""
 
     name: str
     fields: tuple[str, ...]
@@ -38,7 +62,7 @@ class LossSpec:
     description: str
     formula: str
     normalisation: str  # the scfdata convention
-    fn: Callable = field(repr=False)
+    fn: Callable | None = field(default=None, repr=False)  # None: terms.<name>, imported on first use
     mace_scf: str = ""  # the mace_scf convention (MACE_SCF's arithmetic)
     kind: str = "data"  # "data" or "model" (model-internal: no reference data)
     options: dict = field(default_factory=dict)  # option name -> one-line meaning
@@ -51,6 +75,9 @@ class LossSpec:
         return self.fields[0] if self.fields else None
 
 
+LossSpec.fn = _TermFunction()  # set after the dataclass is made, so that its __init__ default stays None
+
+
 _CFG = "Σ w·e² / Σ[w≠0] over configs"
 _CFG_N = "Σ w·(e/N)² / Σ[w≠0] over configs"
 _SAME = "same as scfdata (MACE_SCF's arithmetic)"
@@ -60,7 +87,7 @@ _FALLBACK = ("a batch without the stored targets (MACE_SCF's) computes them from
 
 def _spec(name, fields, outputs, models, description, formula, normalisation, mace_scf, **kw) -> LossSpec:
     return LossSpec(name, tuple(fields), tuple(outputs), tuple(models), description, formula,
-                    normalisation, getattr(terms, name), mace_scf, **kw)
+                    normalisation, None, mace_scf, **kw)
 
 
 def _internal(name, outputs, description, formula, **kw) -> LossSpec:
@@ -164,3 +191,33 @@ def markdown_table() -> str:
         rows.append(f"| `{s.name}` | {s.formula} | {s.normalisation} | {s.mace_scf} | {fields} | "
                     f"{', '.join(s.outputs)} |")
     return "\n".join(rows)
+
+
+def parse_loss_dict(loss_dict) -> tuple[dict[str, tuple[float, dict]], list[str]]:
+    """``{name: (weight, options)}`` for every valid entry, and one message per problem found.
+
+    The one validation of a stage loss dict: ``WeightedLoss`` and ``scfdata check`` both call it, so an
+    option that training would refuse (``max_l: abc``, ``max_l: -1``) fails the check too.
+    """
+    problems: list[str] = []
+    parsed: dict[str, tuple[float, dict]] = {}
+    if not isinstance(loss_dict, Mapping):
+        return {}, [f"a stage loss must be a mapping {{loss name: weight}}, got {type(loss_dict).__name__}"]
+    for name, value in loss_dict.items():
+        if name not in LOSSES:
+            hint = did_you_mean(name, LOSSES) or f" (known: {', '.join(LOSSES)})"
+            problems.append(f"unknown loss {name!r}{hint}")
+            continue
+        options: dict = {}
+        if isinstance(value, Mapping):
+            if "weight" not in value:
+                problems.append(f"loss {name!r}: a mapping value needs a 'weight' key, got keys {sorted(value)}")
+                continue
+            options = {k: v for k, v in value.items() if k != "weight"}
+            value = value["weight"]
+        msg = check_weight(name, value) or check_options(name, options, LOSSES[name].options)
+        if msg:
+            problems.append(msg)
+            continue
+        parsed[name] = (float(value), options)
+    return parsed, problems

@@ -29,8 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .options import check_convention
-from .registry import LOSSES
-from .weighted import parse_loss_dict
+from .registry import LOSSES, parse_loss_dict
 
 
 @dataclass

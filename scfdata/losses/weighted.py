@@ -20,43 +20,13 @@ from collections.abc import Mapping
 import torch
 
 from .batch import BatchContext
-from .options import check_convention, check_options, check_weight, did_you_mean
-from .registry import LOSSES
+from .options import check_convention, did_you_mean
+from .registry import parse_loss_dict
 from .terms import ENTRIES, SCALARS, masked_mean, masked_sums
 
 logger = logging.getLogger("scfdata.losses")
 
 __all__ = ["WeightedLoss", "parse_loss_dict", "did_you_mean"]
-
-
-def parse_loss_dict(loss_dict) -> tuple[dict[str, tuple[float, dict]], list[str]]:
-    """``{name: (weight, options)}`` for every valid entry, and one message per problem found.
-
-    The one validation of a stage loss dict: ``WeightedLoss`` and ``scfdata check`` both call it, so an
-    option that training would refuse (``max_l: abc``, ``max_l: -1``) fails the check too.
-    """
-    problems: list[str] = []
-    parsed: dict[str, tuple[float, dict]] = {}
-    if not isinstance(loss_dict, Mapping):
-        return {}, [f"a stage loss must be a mapping {{loss name: weight}}, got {type(loss_dict).__name__}"]
-    for name, value in loss_dict.items():
-        if name not in LOSSES:
-            hint = did_you_mean(name, LOSSES) or f" (known: {', '.join(LOSSES)})"
-            problems.append(f"unknown loss {name!r}{hint}")
-            continue
-        options: dict = {}
-        if isinstance(value, Mapping):
-            if "weight" not in value:
-                problems.append(f"loss {name!r}: a mapping value needs a 'weight' key, got keys {sorted(value)}")
-                continue
-            options = {k: v for k, v in value.items() if k != "weight"}
-            value = value["weight"]
-        msg = check_weight(name, value) or check_options(name, options, LOSSES[name].options)
-        if msg:
-            problems.append(msg)
-            continue
-        parsed[name] = (float(value), options)
-    return parsed, problems
 
 
 class WeightedLoss:

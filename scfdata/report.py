@@ -33,6 +33,11 @@ def _fmt(v) -> str:
     return format_value(v, missing="–")
 
 
+def _cell(text: str) -> str:
+    """Text from the data (a file name, a reject reason) as one Markdown table cell: `|` escaped."""
+    return text.replace("|", "\\|")
+
+
 def _md_table(header: list[str], rows: list[list]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
@@ -229,7 +234,7 @@ def read_flags(path: str | os.PathLike, n_examples: int = 5) -> tuple[dict[str, 
             file, frame, flag, detail = cells
             counts[flag] = counts.get(flag, 0) + 1
             if len(ex := examples.setdefault(flag, [])) < n_examples:
-                ex.append([f"`{file}`", frame, detail.replace("|", "\\|")])  # (a Markdown table cell)
+                ex.append([f"`{_cell(file)}`", frame, _cell(detail)])
     return counts, examples
 
 
@@ -329,11 +334,12 @@ def build_report(manifest: dict, statistics: dict | None, out_path: str | os.Pat
     lines += _quality_lines(manifest, flags_tsv, ((first_prov or {}).get("quality") or {}).get("settings"))
     lines += ["## Rejects", ""]
     if manifest.get("rejected"):
-        lines += _md_table(["reason", "configs"], [[k, v] for k, v in manifest.get("reject_reasons", {}).items()])
+        lines += _md_table(["reason", "configs"],
+                           [[_cell(k), v] for k, v in manifest.get("reject_reasons", {}).items()])
         if rejects_tsv and Path(rejects_tsv).exists():
             with open(rejects_tsv) as fh:
                 head = [next(fh, "") for _ in range(11)][1:]
-            rows = [ln.rstrip("\n").split("\t") for ln in head if ln.strip()]
+            rows = [[_cell(c) for c in ln.rstrip("\n").split("\t")] for ln in head if ln.strip()]
             lines += [f"First {len(rows)} of {manifest['rejected']} (all in `{Path(rejects_tsv).name}`):", ""]
             lines += _md_table(["file", "frame", "reason"], rows)
     else:

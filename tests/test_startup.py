@@ -121,7 +121,8 @@ def base_file(tmp_path, water_fixture, mace_scf_keys):
 
 def test_workflow_steps_import_no_heavy_library_they_do_not_use(base_file):
     """Real runs, not only --help: the light workflow steps import no torch, matplotlib, numba, scipy or
-    ase.io (the ESP/field and molecule targets use numba/scipy, `report` matplotlib, `export --format mace`
+    ase.io (the ESP/field targets use numba/scipy for periodic configs and for open ones too large for the
+    numpy engine, molecules scipy for large or periodic configs, `report` matplotlib, `export --format mace`
     scipy's neighbour list for avg_num_neighbors)."""
     d = base_file.parent
     runs = [["derive", "dipoles", str(base_file), "-o", str(d / "dipoles.h5")],

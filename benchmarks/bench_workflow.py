@@ -19,7 +19,8 @@ otherwise) with a fixed number of configs per shard (or, with --shards, each giv
 - unless --no-one-core: the largest size again with --cores 1 (the speed-up of a second core).
 
     python benchmarks/bench_workflow.py                      # small: 4,000 vs 40,000 configs (a few min)
-    python benchmarks/bench_workflow.py --sizes 20000 200000 --configs-per-shard 10000   # the big one
+    python benchmarks/bench_workflow.py --sizes 200000 --no-one-core                  # 10 shards of 20,000
+    python benchmarks/bench_workflow.py --sizes 20000 200000 --configs-per-shard 10000   # memory per shard
     python benchmarks/bench_workflow.py --sizes 200000 --quality on off --no-one-core    # flagging cost
     python benchmarks/bench_workflow.py --sizes 200000 --shards 2 10 --no-one-core      # per-job overhead
 
@@ -196,7 +197,9 @@ def workdir(n: int, shards: int, quality: str) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[4000, 40000])
-    ap.add_argument("--configs-per-shard", type=int, default=4000)
+    ap.add_argument("--configs-per-shard", type=int, default=20000,
+                    help="shard size (default 20,000: on one machine, smaller shards cost more in per-job start-up "
+                         "than they gain; docs/workflow.md)")
     ap.add_argument("--shards", type=int, nargs="+", metavar="N",
                     help="run each size with each of these shard counts instead of --configs-per-shard")
     ap.add_argument("--cores", type=int, default=2)

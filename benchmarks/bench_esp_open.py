@@ -5,12 +5,11 @@
 The issue's goal: at least 20x faster than a per-config loop over the direct sum, and within 3x of the time
 to read the same arrays from HDF5. Reported (best of ``--repeats`` runs each):
 
-* ``compute_esps`` (the public entry point, l = 1, with and without fields) and the engine alone
-  (``realspace_potential_field`` on Cartesian arrays): on the CPU the compiled numba loop (numba is loaded
-  by the warm-up here, so ``engine="auto"`` picks it);
-* the numpy engine (``engine="numpy"``: what ``auto`` picks in a fresh process for jobs up to
-  ``AUTO_MAX_WEIGHTED_PAIRS`` weighted pairs, e.g. a workflow shard of small molecules, since it spares the
-  ~0.4 s of importing numba and loading its cache), with and without fields;
+* ``compute_esps`` (the public entry point, engine auto, l = 1, with and without fields) and the engine alone
+  (``realspace_potential_field`` on Cartesian arrays, ``engine="numba"``): the compiled numba loop;
+* the numpy engine (``engine="numpy"``: what ``auto`` runs for configs of at most ``AUTO_NUMPY_MAX_ATOMS``
+  atoms, e.g. a workflow shard of small molecules, since it spares the ~0.4 s of importing numba and
+  loading its cache), with and without fields;
 * the torch engine on the CPU (``engine="torch"``: the path tensors on a GPU take), for comparison;
 * the alternatives a user would write: a per-config loop over a plain numpy direct sum (dense (n, n)
   arrays per molecule) for charges only and for charges + dipoles, and a per-config loop of engine calls;
@@ -32,9 +31,8 @@ import time
 import numpy as np
 
 from scfdata.constants import K_E
-from scfdata.reference.direct_sum_numpy import AUTO_MAX_WEIGHTED_PAIRS, weighted_pairs
 from scfdata.reference.esp import compute_esps
-from scfdata.reference.esp_realspace import realspace_potential_field
+from scfdata.reference.esp_realspace import AUTO_NUMPY_MAX_ATOMS, realspace_potential_field
 
 
 def molecules(n_mol: int, seed: int = 0):
@@ -148,8 +146,8 @@ def main():
 
     t_batch, (v, _) = best_of(lambda: compute_esps(pos, mp, ptr, cells, pbc, max_l=1), rep)
     t_fields, _ = best_of(lambda: compute_esps(pos, mp, ptr, cells, pbc, max_l=1, with_fields=True), rep)
-    t_engine, _ = best_of(lambda: realspace_potential_field(pos, q, p, None, ptr), rep)
-    t_engine_q, (v_q, _) = best_of(lambda: realspace_potential_field(pos, q, None, None, ptr), rep)
+    t_engine, _ = best_of(lambda: realspace_potential_field(pos, q, p, None, ptr, engine="numba"), rep)
+    t_engine_q, (v_q, _) = best_of(lambda: realspace_potential_field(pos, q, None, None, ptr, engine="numba"), rep)
     t_numpy, (v_np, _) = best_of(lambda: realspace_potential_field(pos, q, p, None, ptr, engine="numpy"), rep)
     t_numpy_f, (_, e_np) = best_of(
         lambda: realspace_potential_field(pos, q, p, None, ptr, engine="numpy", with_fields=True), rep)
@@ -194,9 +192,9 @@ def main():
     print(f"  engine calls per config / compute_esps  {t_calls / t_batch:6.1f} x")
     print(f"  torch engine l=1 / numba engine l=1     {t_torch / t_engine:6.1f} x")
     print(f"  numpy engine l=1 / numba engine l=1     {t_numpy / t_engine:6.1f} x   (numba: all cores; numpy: one)")
-    wp = weighted_pairs(ptr, True, False, False, False)
-    print(f"  weighted pairs l=1: {wp / 1e6:.1f} M; auto in a fresh process: "
-          f"{'numpy' if wp <= AUTO_MAX_WEIGHTED_PAIRS else 'numba'} (budget {AUTO_MAX_WEIGHTED_PAIRS / 1e6:.0f} M)")
+    big = int((np.diff(ptr) > AUTO_NUMPY_MAX_ATOMS).sum())
+    print(f"  engine auto: numpy for configs of <= {AUTO_NUMPY_MAX_ATOMS} atoms ({len(ptr) - 1 - big} here), "
+          f"numba for {big}")
     if t_pme is not None:
         print(f"  torch-pme charges / engine charges      {t_pme / t_engine_q:6.1f} x")
     if reads is not None:

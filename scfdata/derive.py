@@ -159,18 +159,17 @@ def warm_up_esp_kernels(target: str, datasets: list[dict]) -> list[str]:
     its max_l (0 for charges-only data), potential or field, open and periodic/slab boundaries. Returns
     one line per combination compiled (numba compiles each combination separately: 2-16 s each).
 
-    numba is imported first: with numba in the process, ``engine="auto"`` runs the compiled open-boundary
-    loop (:func:`scfdata.reference.esp_realspace.cpu_engine`), so its kernels are compiled here too, for
-    the shard jobs too large for the numpy engine (smaller shard jobs never import numba)."""
-    import scfdata.reference.direct_sum_numba  # noqa: F401  (see above: auto then picks numba)
-
+    The open-boundary configs here have ``AUTO_NUMPY_MAX_ATOMS`` + 1 atoms, so ``engine="auto"`` runs them
+    through the compiled loop (:func:`scfdata.reference.esp_realspace.cpu_direct_sum`), as it does the
+    larger configs of the shard jobs (configs up to that size take the numpy engine, nothing to compile)."""
     from .reference.esp import compute_esps
+    from .reference.esp_realspace import AUTO_NUMPY_MAX_ATOMS
 
-    pos = np.array([[0.0, 0.0, 0.0], [1.1, 0.2, 0.1], [0.3, 1.2, 0.4], [2.0, 2.0, 2.5]])
-    mp = np.zeros((8, 9))
-    mp[:, 0] = [0.4, -0.4] * 4
-    mp[:, 1:4] = 0.05
-    ptr = np.array([0, 4, 8])
+    def cluster(n: int) -> np.ndarray:  # n atoms on a 1.5 Å grid
+        side = int(np.ceil(n ** (1 / 3)))
+        return 1.5 * np.stack(np.meshgrid(*[np.arange(side)] * 3, indexing="ij"), -1).reshape(-1, 3)[:n]
+
+    periodic, open_ = cluster(4) + [0.1, 0.2, 0.3], cluster(AUTO_NUMPY_MAX_ATOMS + 1)
     cell = np.repeat(np.eye(3)[None] * 6.0, 2, axis=0)
     cell[1, 2, 2] = 20.0
     combos = set()
@@ -187,9 +186,14 @@ def warm_up_esp_kernels(target: str, datasets: list[dict]) -> list[str]:
         if boundary == "realspace" and pbc[0][0]:
             continue
         tol = min(c[4] for c in combos if c[:4] == (sigma, max_l, self_interaction, boundary))
-        compute_esps(np.vstack([pos, pos + 0.5]), mp[:, : (max_l + 1) ** 2], ptr, cell, np.array(pbc),
-                     max_l=max_l, smearing_width=sigma, self_interaction=self_interaction, boundary=boundary,
-                     tolerance=tol, with_fields=target == "fields")
+        pos = periodic if pbc[0][0] else open_
+        n = len(pos)
+        mp = np.zeros((2 * n, 9))
+        mp[:, 0] = np.resize([0.4, -0.4], 2 * n)
+        mp[:, 1:4] = 0.05
+        compute_esps(np.vstack([pos, pos + 0.5]), mp[:, : (max_l + 1) ** 2], np.array([0, n, 2 * n]), cell,
+                     np.array(pbc), max_l=max_l, smearing_width=sigma, self_interaction=self_interaction,
+                     boundary=boundary, tolerance=tol, with_fields=target == "fields")
         done.append(f"{target}: sigma {sigma}, max_l {max_l}, {self_interaction}, {boundary}, "
                     f"pbc {'TTT+TTF' if pbc[0][0] else 'FFF'}")
     return done

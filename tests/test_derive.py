@@ -260,9 +260,9 @@ def test_charged_cell_warning_names_file_and_frame_once_per_config(tmp_path, cap
 
 
 def test_warm_up_compiles_the_open_boundary_numba_kernels():
-    """Shard jobs too large for the numpy engine run the compiled loop, so the warm-up job (which imports
-    numba first: engine auto then picks it) compiles or loads it for the dataset's settings. In a fresh
-    process, where nothing else imported numba."""
+    """Configs larger than AUTO_NUMPY_MAX_ATOMS run the compiled loop, so the warm-up job (with open
+    clusters of that size + 1) compiles or loads it for the dataset's settings. In a fresh process, where
+    nothing else imported numba."""
     import subprocess
     import sys
 

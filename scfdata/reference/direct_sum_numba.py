@@ -14,9 +14,9 @@ sources. The cache is keyed by the content of every module of ``scfdata/referenc
 of ``MIN_SEPARATION`` recompiles this file's kernels too; nothing needs to be touched or deleted.
 Not supported: l > 2, per-atom widths, devices other than the CPU (the torch engine of
 :mod:`scfdata.reference.realspace_torch` runs there). ``engine="auto"`` runs the numpy twin,
-:mod:`scfdata.reference.direct_sum_numpy` (same arguments, same results to round-off), for jobs small enough
-that importing numba and loading this cache would cost more than the sum (see
-:func:`scfdata.reference.esp_realspace.cpu_engine`).
+:mod:`scfdata.reference.direct_sum_numpy` (same arguments, same results to round-off), for configs small
+enough that a job of them would spend more on importing numba and loading this cache than on the sum (see
+:func:`scfdata.reference.esp_realspace.cpu_direct_sum`).
 """
 
 from __future__ import annotations

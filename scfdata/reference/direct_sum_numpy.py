@@ -23,8 +23,8 @@ need numpy only.
 Cost: every ordered pair is evaluated (twice the unique pairs of the compiled half loop), in numpy passes
 over chunk-sized arrays: ~6 ns per pair for charges, several times that with multipoles, fields or the
 Gaussian kernel, on one thread. ``engine="auto"`` of :func:`~scfdata.reference.esp_realspace.realspace_potential_field`
-picks this engine for jobs up to ``AUTO_MAX_WEIGHTED_PAIRS`` (see :func:`weighted_pairs`), unless numba is
-imported already. Not supported: l > 2, per-atom widths.
+runs this engine for every config of at most ``AUTO_NUMPY_MAX_ATOMS`` atoms. Not supported: l > 2, per-atom
+widths.
 """
 
 from __future__ import annotations
@@ -36,20 +36,6 @@ from scfdata.reference.multipole_kernels import MIN_SEPARATION, g_coulomb, g_erf
 #: (receiving atom, source atom) entries per chunk: 64 Ki keeps a chunk's work arrays (512 KiB each) in the
 #: CPU caches; one chunk per size group (~MBs per array) measured 2x slower for 20,000 water clusters.
 PAIR_CHUNK = 1 << 16
-
-#: engine="auto" runs this engine up to this many weighted pairs (:func:`weighted_pairs`), numba above:
-#: ~0.1-0.2 s of numpy at most, against the ~0.3-0.5 s numba's import and cache load cost a fresh process.
-AUTO_MAX_WEIGHTED_PAIRS = 16_000_000
-
-
-def weighted_pairs(ptr, have_dipoles: bool, have_quads: bool, gaussian: bool, with_fields: bool) -> int:
-    """Ordered pairs i ≠ j of all configs, weighted by this engine's cost per pair relative to the potential
-    of point charges (measured on 20,000 water clusters: fields +0.5, dipoles +0.5, quadrupoles +1.5, the
-    Gaussian kernel +2; all of them 6x)."""
-    counts = np.diff(np.asarray(ptr, dtype=np.int64))
-    pairs = int((counts * (counts - 1)).sum())
-    return int(pairs * (1.0 + 0.5 * with_fields + 0.5 * have_dipoles + 1.5 * have_quads + 2.0 * gaussian))
-
 
 def _chunks(starts: np.ndarray, n: int):
     """(first atoms of m configs of n atoms each, first row, end row) per chunk of at most PAIR_CHUNK

@@ -16,10 +16,10 @@ charges plus a uniform neutralising background is 0 (tin-foil, k=0 term dropped)
 
 Inputs may be numpy arrays or torch tensors; outputs follow the positions (tensors of their dtype and
 device). When every config is open-boundary, tensors on a GPU stay there (the torch engine of
-:mod:`~scfdata.reference.realspace_torch`). CPU: numba or numpy (auto), i.e. the numpy direct sum
-(:mod:`~scfdata.reference.direct_sum_numpy`) for jobs that fit its pair budget unless numba is imported
-already, else the compiled loop (:mod:`~scfdata.reference.direct_sum_numba`); see
-:func:`~scfdata.reference.esp_realspace.cpu_engine`. Periodic and slab sums run on the CPU (tensors are
+:mod:`~scfdata.reference.realspace_torch`). CPU: numpy or numba (auto) per config by its own size, i.e.
+the numpy direct sum (:mod:`~scfdata.reference.direct_sum_numpy`) for configs of at most 64 atoms, the
+compiled loop (:mod:`~scfdata.reference.direct_sum_numba`) for larger ones; see
+:func:`~scfdata.reference.esp_realspace.cpu_direct_sum`. Periodic and slab sums run on the CPU (tensors are
 copied there and the results copied back).
 Not supported: per-atom widths, l > 2, mixed pbc such as TFF or FTT (ValueError), slabs whose periodic
 cell vectors are not the first two.

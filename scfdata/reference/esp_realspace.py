@@ -7,14 +7,15 @@ Engines. Configs are concatenated with an atom pointer ``ptr``; interactions sta
 follow the positions: numpy in, numpy out; torch in, tensors of the positions' dtype and device (always
 computed in float64). ``engine="auto"`` picks by where the data are:
 
-* CPU (numpy arrays or CPU tensors): numba or numpy (auto). :mod:`scfdata.reference.direct_sum_numpy`
-  (numpy, all pairs of the configs of one atom count at once, in chunks of bounded memory) for jobs up to
-  ``AUTO_MAX_WEIGHTED_PAIRS`` weighted pairs, unless numba is imported already: a short job (a workflow
-  shard of small molecules) then imports neither numba nor scipy, ~0.4 s less than loading the compiled
-  loop. Above that, or when numba is in the process anyway, :mod:`scfdata.reference.direct_sum_numba`, one
-  compiled loop over the unique pairs of every config (threads over configs; O(n) memory). Measured 6x
-  faster than the torch engine on the CPU for 10,000 small molecules (``benchmarks/bench_esp_open.py``).
-  ``engine="numba"`` or ``"numpy"`` forces one (the two agree to round-off).
+* CPU (numpy arrays or CPU tensors): numba or numpy (auto), chosen per config by its own atom count, so a
+  config's values never depend on the other configs of its batch or shard. Configs of at most
+  ``AUTO_NUMPY_MAX_ATOMS`` atoms go to :mod:`scfdata.reference.direct_sum_numpy` (numpy, all pairs of the
+  configs of one atom count at once, in chunks of bounded memory): a job of small molecules then imports
+  neither numba nor scipy, ~0.4 s less than loading the compiled loop. Larger configs go to
+  :mod:`scfdata.reference.direct_sum_numba`, one compiled loop over the unique pairs of every config
+  (threads over configs; O(n) memory; measured 6x faster than the torch engine on the CPU for 10,000 small
+  molecules, ``benchmarks/bench_esp_open.py``). ``engine="numba"`` or ``"numpy"`` forces one for every
+  config (the two agree to round-off, ~1e-14 relative, not bit for bit).
 * Any other device (a GPU): the torch engine, :mod:`scfdata.reference.realspace_torch`, on the tensors'
   device. ``engine="torch"`` forces it on the CPU too (the tests compare the two engines). torch is imported
   only for tensor inputs or that engine.
@@ -29,12 +30,10 @@ a target).
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 
 from scfdata.reference.batch import raise_if_not_finite, raise_if_not_traceless
-from scfdata.reference.direct_sum_numpy import AUTO_MAX_WEIGHTED_PAIRS, weighted_pairs
 from scfdata.reference.multipole_kernels import MIN_SEPARATION, add_self_and_scale, is_torch
 
 ENGINES = ("auto", "numba", "torch", "numpy")
@@ -136,14 +135,42 @@ def _ptr_array(ptr, n: int) -> np.ndarray:
     return out
 
 
-def cpu_engine(ptr, have_dipoles: bool, have_quads: bool, gaussian: bool, with_fields: bool) -> str:
-    """What ``engine="auto"`` runs on CPU data: "numba" when numba is imported already (nothing to save) or
-    the job exceeds ``AUTO_MAX_WEIGHTED_PAIRS`` (:func:`~scfdata.reference.direct_sum_numpy.weighted_pairs`),
-    else "numpy"."""
-    if "numba" in sys.modules:
-        return "numba"
-    big = weighted_pairs(ptr, have_dipoles, have_quads, gaussian, with_fields) > AUTO_MAX_WEIGHTED_PAIRS
-    return "numba" if big else "numpy"
+#: engine="auto" on CPU data: configs of at most this many atoms run the numpy engine, larger ones numba
+#: (n² pairs per config: numpy's ~6 ns per pair stays below numba's fixed ~0.4 s of loading for small
+#: molecules and clusters; a config of hundreds of atoms is faster compiled).
+AUTO_NUMPY_MAX_ATOMS = 64
+
+
+def _direct_sum(engine: str):
+    if engine == "numba":
+        from scfdata.reference.direct_sum_numba import direct_sum  # numba: imported (and compiled) when used
+    else:
+        from scfdata.reference.direct_sum_numpy import direct_sum
+    return direct_sum
+
+
+def cpu_direct_sum(pos, q, p, t, ptr: np.ndarray, beta, with_fields: bool, p_cols: tuple, engine: str = "auto"):
+    """(esps, fields or None) of CPU data by ``engine``; "auto": each config by its own atom count (numpy up
+    to ``AUTO_NUMPY_MAX_ATOMS``, numba above), the results put back in atom order."""
+    if engine != "auto":
+        return _direct_sum(engine)(pos, q, p, t, ptr, beta, with_fields, dipole_columns=p_cols)
+    counts = np.diff(ptr)
+    small = counts <= AUTO_NUMPY_MAX_ATOMS
+    parts = [(name, sel) for name, sel in (("numpy", small), ("numba", ~small)) if sel.any()]
+    if len(parts) <= 1:
+        name = parts[0][0] if parts else "numpy"
+        return _direct_sum(name)(pos, q, p, t, ptr, beta, with_fields, dipole_columns=p_cols)
+    esps = np.zeros(len(pos))
+    fields = np.zeros((len(pos), 3)) if with_fields else None
+    for name, sel in parts:
+        atoms = np.repeat(sel, counts)
+        sub_ptr = np.concatenate([[0], np.cumsum(counts[sel])])
+        e, f = _direct_sum(name)(pos[atoms], q[atoms], None if p is None else p[atoms],
+                                 None if t is None else t[atoms], sub_ptr, beta, with_fields, dipole_columns=p_cols)
+        esps[atoms] = e
+        if fields is not None:
+            fields[atoms] = f
+    return esps, fields
 
 
 def realspace_potential_field(
@@ -172,8 +199,8 @@ def realspace_potential_field(
     self_interaction : "exclude" or "include" (σ > 0 only).
     max_pairs : torch engine: pairs per chunk of the flat pair path for configs above ``_DENSE_MAX_ATOMS``
         atoms (memory ~ 300 bytes per pair with quadrupoles and fields).
-    engine : "auto" (CPU: numba or numpy, see :func:`cpu_engine`; torch on other devices), "numba" or "numpy"
-        (CPU data only) or "torch".
+    engine : "auto" (CPU: numpy or numba per config, see :func:`cpu_direct_sum`; torch on other devices),
+        "numba" or "numpy" (CPU data only, every config) or "torch".
     dipole_columns : the columns of ``dipoles`` holding p_x, p_y, p_z; e.g. ``(3, 1, 2)`` reads MACE_SCF's
         multipole array ``[Q, d_y, d_z, d_x]`` as it is (the numba engine then copies nothing, unless the
         self term with fields needs the Cartesian dipoles).
@@ -223,16 +250,8 @@ def realspace_potential_field(
     sigma = float(smearing_width)
     beta = 1.0 / (math.sqrt(2.0) * sigma) if sigma > 0 else None
     include_self = self_interaction == "include"
-    if engine == "auto":  # CPU data
-        engine = cpu_engine(ptr_np, p is not None, t is not None, beta is not None, with_fields)
-    if engine == "numba":
-        from scfdata.reference.direct_sum_numba import direct_sum  # numba: imported (and compiled) when used
-
-        esps, fields = direct_sum(pos, q, p, t, ptr_np, beta, with_fields, dipole_columns=p_cols)
-    if engine == "numpy":
-        from scfdata.reference.direct_sum_numpy import direct_sum
-
-        esps, fields = direct_sum(pos, q, p, t, ptr_np, beta, with_fields, dipole_columns=p_cols)
+    if engine != "torch":  # CPU data
+        esps, fields = cpu_direct_sum(pos, q, p, t, ptr_np, beta, with_fields, p_cols, engine)
     if p is not None and p_cols != (0, 1, 2) and (engine == "torch" or (include_self and with_fields)):
         p = p[:, list(p_cols)]  # Cartesian (n, 3): the torch engine and the self field read it so
     if engine == "torch":

@@ -11,7 +11,7 @@ import pytest
 from scfdata.constants import K_E
 from scfdata.reference import direct_sum_numpy as mod
 from scfdata.reference import esp_realspace
-from scfdata.reference.esp_realspace import cpu_engine, realspace_potential_field
+from scfdata.reference.esp_realspace import realspace_potential_field
 
 
 def _traceless(rng, n, scale=0.2):
@@ -216,32 +216,37 @@ def test_torch_cpu_tensors():
     np.testing.assert_array_equal(e.numpy(), want[1])
 
 
-def test_weighted_pairs():
-    ptr = np.array([0, 3, 3, 13])  # 6 + 0 + 90 ordered pairs
-    assert mod.weighted_pairs(ptr, False, False, False, False) == 96
-    assert mod.weighted_pairs(ptr, True, True, True, True) == int(96 * 5.5)
+def test_auto_gives_a_config_the_same_bits_whatever_else_is_in_its_batch(monkeypatch):
+    """engine='auto' picks per config by its own atom count (numpy up to AUTO_NUMPY_MAX_ATOMS, numba above),
+    so a small config's values are bit for bit the same alone, beside a large config, and after numba has
+    been loaded by other work in the process: a shard count never changes stored arrays."""
+    monkeypatch.setattr(esp_realspace, "AUTO_NUMPY_MAX_ATOMS", 8)
+    pos, q, p, t, ptr = _batch([3, 5, 12, 4], seed=21)  # the 12-atom config goes to numba
+    alone_v, alone_e = realspace_potential_field(pos[:8], q[:8], p[:8], t[:8], ptr[:3], with_fields=True)
+    v, e = realspace_potential_field(pos, q, p, t, ptr, with_fields=True)
+    np.testing.assert_array_equal(v[:8], alone_v)
+    np.testing.assert_array_equal(e[:8], alone_e)
+    np.testing.assert_array_equal(v[8:20], realspace_potential_field(pos[8:20], q[8:20], p[8:20], t[8:20],
+                                                                     engine="numba")[0])
+    np.testing.assert_array_equal(v[20:], realspace_potential_field(pos[20:], q[20:], p[20:], t[20:])[0])
+    np.testing.assert_array_equal(v[:8], realspace_potential_field(pos[:8], q[:8], p[:8], t[:8], ptr[:3],
+                                                                   engine="numpy")[0])
+    assert "numba" in sys.modules  # loaded now, and the small configs still take the numpy engine
+    again_v, _ = realspace_potential_field(pos[:8], q[:8], p[:8], t[:8], ptr[:3])
+    np.testing.assert_array_equal(again_v, alone_v)
+    want = realspace_potential_field(pos, q, p, t, ptr, with_fields=True, engine="numba")
+    np.testing.assert_allclose(v, want[0], rtol=1e-12, atol=1e-12)  # and both agree to round-off
+    np.testing.assert_allclose(e, want[1], rtol=1e-12, atol=1e-12)
 
 
-def test_auto_picks_numpy_unless_numba_is_loaded_or_the_job_is_large(monkeypatch):
-    ptr = np.array([0, 3, 24])
-    monkeypatch.delitem(sys.modules, "numba", raising=False)
-    assert cpu_engine(ptr, True, False, False, True) == "numpy"
-    monkeypatch.setattr(esp_realspace, "AUTO_MAX_WEIGHTED_PAIRS", 500)
-    assert cpu_engine(ptr, True, False, False, True) == "numba"  # 426 pairs x 2 > 500
-    monkeypatch.setattr(esp_realspace, "AUTO_MAX_WEIGHTED_PAIRS", 10**9)
-    monkeypatch.setitem(sys.modules, "numba", object())
-    assert cpu_engine(ptr, True, False, False, True) == "numba"
-
-
-def test_auto_runs_the_engine_it_picks(monkeypatch):
-    """engine='auto' on CPU data calls the engine cpu_engine names (numpy here), and nothing else."""
+def test_auto_runs_numpy_only_for_small_configs(monkeypatch):
+    """engine='auto' on a batch of small configs calls the numpy engine once, with the whole batch."""
     called = []
     real = mod.direct_sum
-    monkeypatch.setattr(mod, "direct_sum", lambda *a, **k: called.append("numpy") or real(*a, **k))
-    monkeypatch.setattr(esp_realspace, "cpu_engine", lambda *a: "numpy")
+    monkeypatch.setattr(mod, "direct_sum", lambda *a, **k: called.append(len(a[0])) or real(*a, **k))
     pos, q, p, _, ptr = _batch([3, 5], seed=10)
     v, _ = realspace_potential_field(pos, q, p, None, ptr)
-    assert called == ["numpy"]
+    assert called == [8]
     np.testing.assert_array_equal(v, _numpy(pos, q, p, None, ptr)[0])
 
 

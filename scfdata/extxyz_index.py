@@ -160,7 +160,8 @@ class _Framer:
                 continue
             s, e = int(self.starts[ks]), int(self.ends[ks])
             head = self.raw[s:e].tobytes().strip()
-            if head.isdigit() and 0 < int(head) <= MAX_FRAME_ATOMS:
+            # (an int() of 4,300+ digits raises; no count has 19)
+            if head.isdigit() and len(head) <= 18 and 0 < int(head) <= MAX_FRAME_ATOMS:
                 last = ks + int(head) + 1
                 if last >= n_lines and not self.eof:
                     return "more", ks, s, index, None

@@ -123,7 +123,8 @@ def iter_spans(path: str | os.PathLike, offset: int = 0, line: int = 1, index: i
                     line += 1
                     continue
                 head = buf[starts_l(k):ends_l(k)].strip()
-                if not head.isdigit() or not 0 < int(head) <= MAX_FRAME_ATOMS:
+                # (len: no int() of 4,300+ digits, which raises)
+                if not head.isdigit() or len(head) > 18 or not 0 < int(head) <= MAX_FRAME_ATOMS:
                     raise FramingError(pos + starts_l(k), line, index)
                 nat = int(head)
                 last = k + nat + 1

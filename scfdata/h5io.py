@@ -583,8 +583,12 @@ def assemble_many(
         if not in_place:
             remove_stale_temporaries(path)
     tmps = paths if in_place else [_tmp_name(p) for p in paths]
+    need: dict[Path, tuple[Path, int]] = {}  # per folder: the outputs there together must fit
     for tmp, lay in zip(tmps, layouts, strict=True):
-        ensure_room(tmp, _data_bytes(lay, rejects))
+        first, total = need.get(tmp.parent, (tmp, 0))
+        need[tmp.parent] = (first, total + _data_bytes(lay, rejects))
+    for tmp, total in need.values():
+        ensure_room(tmp, total)
     done = False
     h5s: list[h5py.File] = []
     try:

@@ -443,3 +443,24 @@ def test_assemble_many_refuses_parts_out_of_shard_order(tmp_path):
         with pytest.raises(ValueError, match=r"parts must name shards 0\.\.1 in increasing order"):
             assemble_many([AssemblyOutput(tmp_path / "x.h5", parts)], shards)
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_assemble_many_needs_room_for_all_outputs_together(tmp_path, monkeypatch):
+    """The outputs are written at the same time: free space for the largest alone is not enough (HDF5 may
+    crash instead of failing cleanly when a write fails half way), and nothing is written."""
+    import collections
+    import shutil
+
+    import scfdata.h5io as h5io
+
+    write_columns(tmp_path / "a.h5", block(40, 0))
+    outputs = [AssemblyOutput(tmp_path / f"x{i}.h5", [(0, np.arange(i, 40, 2))]) for i in range(2)]
+    need = [h5io._data_bytes(h5io._output_layout([h5io._Shard([tmp_path / "a.h5"], o.parts[0][1])]), [])
+            for o in outputs]
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 0, max(need) + 1))
+    with pytest.raises(OSError, match=rf"No space left on device: about {sum(need)} bytes to write"):
+        assemble_many(outputs, [[tmp_path / "a.h5"]])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5"]
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 0, sum(need)))
+    assemble_many(outputs, [[tmp_path / "a.h5"]])

@@ -195,3 +195,12 @@ def test_random_key_value_comments_scan_as_frame_by_frame(tmp_path, every_4):
     src = tmp_path / "random.xyz"
     src.write_text("".join(parts))
     _same(src, chunks=(CHUNK, 300))
+
+
+def test_an_overlong_count_line_is_the_usual_one_line_error(tmp_path):
+    """A count line of thousands of digits (int() refuses 4,300+) is refused as the frame-by-frame scan
+    refuses it, naming the line, not with a bare ValueError."""
+    src = tmp_path / "long.xyz"
+    src.write_text("1\nE=1\nH 0 0 0\n" + "9" * 5000 + "\nE=2\nH 0 0 0\n")
+    want = _same(src)
+    assert want.startswith("IngestError: ") and "line 4" in want, want[:200]

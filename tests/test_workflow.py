@@ -198,20 +198,28 @@ def test_user_configfile_does_not_leak_example_datasets(tmp_path):
         assert f"results/{ds}/" not in out, f"bundled dataset {ds} leaked into the user's run"
 
 
-def test_jobs_run_the_scfdata_of_snakemakes_interpreter_not_the_first_on_path(tmp_path):
+@pytest.mark.parametrize("interpreter", ["installed", "without-script"])
+def test_jobs_run_the_scfdata_of_snakemakes_interpreter_not_the_first_on_path(tmp_path, interpreter):
     """Another environment's `scfdata` first on PATH (here one that only fails) is not what the jobs run:
-    they run the script beside the interpreter that runs Snakemake, whose package built the DAG."""
+    they run the script beside the interpreter that runs Snakemake, whose package built the DAG, or, when
+    no script sits beside it (here: the interpreter through a symlink in another folder), `python -m`."""
+    python = sys.executable
+    if interpreter == "without-script":
+        (tmp_path / "bare").mkdir()
+        python = str(tmp_path / "bare" / "python")
+        os.symlink(sys.executable, python)
     impostor = tmp_path / "other-env" / "bin"
     impostor.mkdir(parents=True)
     (impostor / "scfdata").write_text("#!/bin/sh\necho 'the wrong scfdata ran' >&2\nexit 3\n")
     (impostor / "scfdata").chmod(0o755)
     cfg = {"datasets": {"p": _config()["datasets"]["p"]}, "reference": _reference(), "shards": 1}
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(tmp_path), "--cores", "2",
+    cmd = [python, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(tmp_path), "--cores", "2", "-p",
            "--configfile", str(_write(tmp_path / "user.yaml", cfg))]
     env = {**os.environ, "PATH": f"{impostor}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "the wrong scfdata ran" not in proc.stdout + proc.stderr
+    assert (f"{python} -m scfdata.cli ingest" in proc.stdout + proc.stderr) == (interpreter == "without-script")
     with ScfdataFile(tmp_path / "results" / "p" / "train.h5") as f:
         assert f.n_configs > 0
 

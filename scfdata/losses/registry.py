@@ -62,7 +62,7 @@ class LossSpec:
     description: str
     formula: str
     normalisation: str  # the scfdata convention
-    fn: Callable | None = field(default=None, repr=False)  # None: terms.<name>, imported on first use
+    fn: Callable | None = field(default=None, repr=False, compare=False)  # None: terms.<name>, on first use
     mace_scf: str = ""  # the mace_scf convention (MACE_SCF's arithmetic)
     kind: str = "data"  # "data" or "model" (model-internal: no reference data)
     options: dict = field(default_factory=dict)  # option name -> one-line meaning

@@ -32,3 +32,17 @@ def test_parse_loss_dict_is_the_one_validation():
     assert parsed == {"forces": (2.0, {}), "esps": (0.5, {"convention": "mace_scf"})}
     assert problems[0].startswith("unknown loss 'energy_per_atm'; did you mean 'energy_per_atom'")
     assert problems[1] == "loss 'atomic_multipoles': option max_l must be an integer ≥ 0, got -1 (int)"
+
+
+def test_comparing_specs_imports_no_torch():
+    """`fn` takes no part in a spec's equality, so comparing specs (or `spec in list`) loads no torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from scfdata.losses.registry import LOSSES\n"
+            "a, b = list(LOSSES.values())[:2]\n"
+            "assert a == a and a != b and a in list(LOSSES.values())\n"
+            "print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "False"

@@ -198,12 +198,15 @@ wildcard_constraints:
 
 
 # --------------------------------------------------------------------------------------------------
-# the command: every job runs the `scfdata` of the interpreter that runs Snakemake (the one that imported
-# scfdata above), not whatever `scfdata` comes first on PATH: another environment's copy would write data with
-# other code, and a version manager's shim (pyenv's costs ~0.06 s) would be paid by every job.
+# the command: every job runs the scfdata of the interpreter that runs Snakemake (the one that imported
+# scfdata above), never whatever `scfdata` comes first on PATH: another environment's copy would write data
+# with other code, and a version manager's shim (pyenv's costs ~0.06 s) would be paid by every job. Its
+# console script when it sits beside the interpreter, else the interpreter itself (`python -m scfdata.cli`:
+# scfdata imported from PYTHONPATH, a source tree, a user install).
 # --------------------------------------------------------------------------------------------------
 _OWN_SCFDATA = os.path.join(os.path.dirname(sys.executable), "scfdata")
-SCFDATA = shlex.quote(_OWN_SCFDATA) if os.access(_OWN_SCFDATA, os.X_OK) else "scfdata"
+SCFDATA = shlex.quote(_OWN_SCFDATA) if os.access(_OWN_SCFDATA, os.X_OK) else \
+    f"{shlex.quote(sys.executable)} -m scfdata.cli"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -375,8 +375,9 @@ class _Shard:
     shard with other rows, without reading the metadata again.
     """
 
-    def __init__(self, paths: Sequence[str | os.PathLike], rows: np.ndarray | None):
+    def __init__(self, paths: Sequence[str | os.PathLike], rows: np.ndarray | None, number: int = 0):
         self.paths = [Path(p) for p in paths]
+        self.number = number  # the shard's index in the assembly (error messages)
         files = [ScfdataFile(p) for p in self.paths]
         try:
             base = files[0]
@@ -441,7 +442,7 @@ def _padded_shape(key: str, plan: Sequence[_Shard], shapes: list[tuple]) -> tupl
     group, name = key.split("/")
     widest = tuple(max(d) for d in zip(*shapes, strict=True)) if len({len(s) for s in shapes}) == 1 else None
     if widest in shapes:
-        bad = [k for k, (sh, shape) in enumerate(zip(plan, shapes, strict=True))
+        bad = [sh.number for sh, shape in zip(plan, shapes, strict=True)
                if shape != widest and (group == "masks" or not _all_masked(sh, name))]
         if not bad:
             return widest
@@ -449,7 +450,7 @@ def _padded_shape(key: str, plan: Sequence[_Shard], shapes: list[tuple]) -> tupl
                "zero-padded")
     else:
         why = "no shard's shape contains all the others"
-    per_shard = ", ".join(f"{s} in shard {k}" for k, s in enumerate(shapes))
+    per_shard = ", ".join(f"{s} in shard {sh.number}" for sh, s in zip(plan, shapes, strict=True))
     raise FormatError(
         f"{key}: per-item shape differs between shards ({per_shard}); {why}. Shards may differ only where "
         "the narrower ones hold no data (mask all False): re-ingest with the same columns in every config "
@@ -505,10 +506,10 @@ def _output_layout(plan: Sequence[_Shard]) -> _Layout:
     keys = sorted(plan[0].source) if plan else []
     arrays: dict[str, tuple[np.dtype, tuple]] = {}
     derived_by: dict[str, dict] = {}
-    for k, sh in enumerate(plan):
+    for sh in plan:
         if sorted(sh.source) != keys:
-            raise FormatError(f"shard {k} holds fields {sorted(sh.source)}, shard 0 holds {keys}: "
-                              "every shard must be derived with the same targets")
+            raise FormatError(f"shard {sh.number} holds fields {sorted(sh.source)}, shard {plan[0].number} holds "
+                              f"{keys}: every shard must be derived with the same targets")
         derived_by.update(sh.derived_by)
         for key, (dtype, shape) in sh.layout.items():
             if key not in arrays:
@@ -574,7 +575,7 @@ def assemble_many(
             raise ValueError(f"assemble: {out.path}: parts must name shards 0..{len(shards) - 1} in increasing "
                              f"order, each once; got {order}")
     taken = sorted({k for out in outputs for k, _ in out.parts})  # a shard no output takes is never opened
-    meta = {k: _Shard(shards[k], None) for k in taken}
+    meta = {k: _Shard(shards[k], None, k) for k in taken}
     plans = [[meta[k].select(r) for k, r in out.parts] for out in outputs]
     layouts = [_output_layout(plan) for plan in plans]
     paths = [Path(out.path) for out in outputs]

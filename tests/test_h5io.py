@@ -464,3 +464,13 @@ def test_assemble_many_needs_room_for_all_outputs_together(tmp_path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5"]
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 0, sum(need)))
     assemble_many(outputs, [[tmp_path / "a.h5"]])
+
+
+def test_assemble_many_names_the_real_shard_in_a_shape_error(tmp_path):
+    """An output that skips shards (a split without configs there) names the shard by its index in the
+    assembly, not by its position among the output's parts."""
+    write_columns(tmp_path / "a.h5", _mp_shard([2, 3], 4, [True, True], 0))
+    write_columns(tmp_path / "b.h5", _mp_shard([2], 1, [True], 1))
+    shards = [[tmp_path / "a.h5"], [tmp_path / "a.h5"], [tmp_path / "b.h5"]]
+    with pytest.raises(FormatError, match=r"\(4,\) in shard 1, \(1,\) in shard 2.*shard\(s\) 2 hold data"):
+        assemble_many([AssemblyOutput(tmp_path / "x.h5", [(1, None), (2, None)])], shards)
